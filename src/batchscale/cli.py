@@ -1,0 +1,237 @@
+"""The ``batchscale`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.progress import Progress as RichProgress
+from rich.table import Table
+
+from batchscale.config import ConfigError, build_config
+from batchscale.store import StoreError, StudyStore
+from batchscale.study import Progress, Study, StudySummary, summarize
+from batchscale.training.trial import TrialResult
+from batchscale.workloads import get_workload, workload_names
+
+try:  # recent typer releases vendor click
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer depends on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    help="Measure steps to result against batch size, tuning every batch size separately.",
+)
+console = Console()
+DEFAULT_STORE = Path("studies/default.sqlite")
+
+
+class UserError(Exception):
+    """A mistake in the user's input: reported as one line, exit code 2."""
+
+
+class BarProgress(Progress):
+    """A rich progress bar: trials done, the current batch size, and an ETA."""
+
+    def __init__(self, bar: RichProgress) -> None:
+        self.bar = bar
+        self.task = bar.add_task("starting", total=None)
+
+    def start(self, total: int, done: int) -> None:
+        """Size the bar."""
+        self.bar.update(self.task, total=total, completed=done)
+
+    def batch_size(self, batch_size: int) -> None:
+        """Show the batch size now running."""
+        self.bar.update(self.task, description=f"batch size {batch_size:>6}")
+
+    def trial_done(self, result: TrialResult) -> None:
+        """Advance by one trial."""
+        self.bar.advance(self.task)
+
+
+def _format_params(params: dict[str, float] | None) -> str:
+    if not params:
+        return "-"
+    return ", ".join(f"{name}={value:.3g}" for name, value in params.items())
+
+
+def print_summary(summary: StudySummary, out: Console) -> None:
+    """The summary table: steps to result per batch size with the winning trial."""
+    direction = ">" if summary.maximize else "<"
+    table = Table(
+        title=(
+            f"{summary.workload} / {summary.optimizer}: steps to val/{summary.metric} "
+            f"{direction} {summary.target:g} (mode {summary.mode}, engine {summary.engine})"
+        )
+    )
+    for column in ("batch size", "steps to result", "best trial", "metaparameters"):
+        table.add_column(column, justify="right" if column != "metaparameters" else "left")
+    table.add_column("reached / diverged / pruned / total", justify="right")
+    for row in summary.batch_sizes:
+        table.add_row(
+            str(row.batch_size),
+            "-" if row.steps_to_result is None else str(row.steps_to_result),
+            "-" if row.best_trial is None else str(row.best_trial),
+            _format_params(row.best_params),
+            f"{row.reached} / {row.diverged} / {row.pruned} / {row.trials}",
+        )
+    out.print(table)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML file with any of the settings below.")
+    ] = None,
+    workload: Annotated[
+        str | None, typer.Option(help="Workload name (see 'batchscale workloads').")
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, momentum or nesterov.")] = None,
+    batch_sizes: Annotated[
+        str | None, typer.Option("--batch-sizes", help="Comma-separated, e.g. 16,32,64.")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Quasi-random trials per batch size.")] = None,
+    target: Annotated[
+        float | None, typer.Option(help="Goal on the validation metric (default: workload's).")
+    ] = None,
+    step_budget: Annotated[
+        int | None, typer.Option("--step-budget", help="Steps per trial at every batch size.")
+    ] = None,
+    store: Annotated[Path, typer.Option(help="SQLite file that holds the study.")] = DEFAULT_STORE,
+    seed: Annotated[int | None, typer.Option(help="Study seed (search points, trial seeds).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="race (stop trials that can no longer win) or full.")
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help="cohort (batched) or reference.")] = None,
+    eval_growth: Annotated[
+        float | None,
+        typer.Option("--eval-growth", help="Ratio between consecutive evaluation steps."),
+    ] = None,
+) -> None:
+    """Run (or resume) a study and print its summary."""
+    settings = build_config(
+        config,
+        workload=workload,
+        optimizer=optimizer,
+        batch_sizes=batch_sizes,
+        trials=trials,
+        target=target,
+        step_budget=step_budget,
+        seed=seed,
+        device=device,
+        mode=mode,
+        engine=engine,
+        eval_growth=eval_growth,
+    )
+    study = Study(settings, store)
+    with RichProgress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("trials"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    ) as bar:
+        summary = study.run(BarProgress(bar))
+    print_summary(summary, console)
+    console.print(f"study stored in {store}")
+
+
+@app.command()
+def show(
+    store: Annotated[Path, typer.Argument(help="A study file written by 'batchscale run'.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Print a stored study's steps to result per batch size."""
+    opened = StudyStore.open(store, read_only=True)
+    try:
+        summary = summarize(opened, opened.metadata["metric"])
+    finally:
+        opened.close()
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), indent=2))
+    else:
+        print_summary(summary, console)
+
+
+@app.command()
+def workloads(
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """List the built-in workloads with their metric, goal and data size."""
+    rows: list[dict[str, Any]] = []
+    for name in workload_names():
+        workload = get_workload(name)
+        rows.append(
+            {
+                "name": name,
+                "description": workload.description,
+                "metric": workload.metric.name,
+                "direction": workload.metric.direction,
+                "target": workload.default_target,
+                "data": workload.data_sizes(),
+            }
+        )
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="workloads")
+    for column in ("name", "metric", "goal", "train / val / test", "description"):
+        table.add_column(column)
+    for row in rows:
+        sizes = row["data"]
+        comparison = "<" if row["direction"] == "minimize" else ">"
+        train = str(sizes["train"]) if sizes["train"] else "unlimited"
+        table.add_row(
+            row["name"],
+            row["metric"],
+            f"val {comparison} {row['target']:g}",
+            f"{train} / {sizes['validation']} / {sizes['test']}",
+            row["description"],
+        )
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line on stderr and exit code 2 for any mistake in the input."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="batchscale", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError:
+        return 0
+    except click_errors.UsageError as error:
+        hint = f" (see 'batchscale {error.ctx.info_name} --help')" if error.ctx else ""
+        print(f"error: {error.format_message()}{hint}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except (ConfigError, StoreError, UserError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except (click_errors.Abort, KeyboardInterrupt):
+        print("error: interrupted; finished trials are stored, run again to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""Validated study settings: from a TOML file, from flags, or from Python.
+
+Every mistake becomes one ``ConfigError`` whose message names the setting and how to fix it.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from batchscale.search import SearchSpace
+from batchscale.workloads import OPTIMIZERS, Optimizer
+
+DEFAULT_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message says which and how to fix it."""
+
+
+class StudyConfig(BaseModel):
+    """Everything that defines a study. Unknown keys are refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    workload: str = "mnist1d-mlp"
+    optimizer: Optimizer = "nesterov"
+    batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
+    trials: int = Field(default=16, ge=1, le=100_000)
+    target: float | None = None
+    step_budget: int | None = Field(default=None, ge=1)
+    search_space: dict[str, dict[str, Any]] | None = None
+    seed: int = Field(default=0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mode: Literal["race", "full"] = "race"
+    engine: Literal["cohort", "reference"] = "cohort"
+    eval_growth: float = Field(default=1.1, gt=1.0, le=4.0)
+    divergence_factor: float = Field(default=10.0, gt=1.0)
+
+    @field_validator("batch_sizes", mode="before")
+    @classmethod
+    def _parse_batch_sizes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError("give at least one batch size, e.g. 16,32,64")
+        sizes = []
+        for item in value:
+            text = str(item)
+            if isinstance(item, bool) or not text.lstrip("+").isdigit() or int(text) <= 0:
+                raise ValueError(f"batch size '{item}' is not a positive integer")
+            sizes.append(int(text))
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"batch sizes repeat: {sizes}")
+        return tuple(sorted(sizes))
+
+    def resolved_search_space(self, default: SearchSpace) -> SearchSpace:
+        """The configured search space, or the workload's default for this optimizer."""
+        if self.search_space is None:
+            return default
+        return SearchSpace.from_mapping(self.search_space)
+
+
+def _first_error(error: ValidationError) -> str:
+    detail = error.errors()[0]
+    location = ".".join(str(part) for part in detail["loc"]) or "config"
+    message = detail["msg"].removeprefix("Value error, ")
+    if detail["type"] == "extra_forbidden":
+        known = ", ".join(StudyConfig.model_fields)
+        return f"unknown setting '{location}'; known settings: {known}"
+    if detail["type"] == "literal_error" and location == "optimizer":
+        return f"unknown optimizer {detail['input']!r}; known optimizers: {', '.join(OPTIMIZERS)}"
+    return f"invalid setting '{location}': {message}"
+
+
+def build_config(file: Path | None = None, **overrides: Any) -> StudyConfig:
+    """Settings from ``file`` (TOML) with ``overrides`` (flags; ``None`` means unset) on top."""
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            values = tomllib.loads(Path(file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {file} does not exist") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"config file {file} is not valid TOML: {error}") from None
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        config = StudyConfig(**values)
+    except ValidationError as error:
+        raise ConfigError(_first_error(error)) from None
+    if config.search_space is not None:
+        try:
+            SearchSpace.from_mapping(config.search_space)
+        except (ValidationError, TypeError) as error:
+            message = (
+                _first_error(error) if isinstance(error, ValidationError) else str(error)
+            )
+            raise ConfigError(f"search_space: {message}") from None
+    return config

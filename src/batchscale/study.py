@@ -1,0 +1,347 @@
+"""A study: plan the trials of every batch size, run them through an engine, store, resume.
+
+Only this driver writes the store. Trials already stored are never rerun; a trial that was
+running when the process died left nothing behind and starts again from scratch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from batchscale.analysis.steps_to_result import steps_to_result, trials_reaching
+from batchscale.config import ConfigError, StudyConfig
+from batchscale.search import derive_seed
+from batchscale.store import StoreError, StudyStore
+from batchscale.training.engine import run_cohort
+from batchscale.training.evaluation import evaluation_steps, metric_columns
+from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
+from batchscale.workloads import Workload, get_workload
+
+# Settings that define what a study measures: a stored study must agree on all of them.
+IDENTITY_KEYS = (
+    "workload",
+    "optimizer",
+    "target",
+    "metric",
+    "maximize",
+    "seed",
+    "mode",
+    "search_space",
+    "budget",
+    "eval_growth",
+    "divergence_factor",
+)
+
+
+@dataclass
+class BatchSizeSummary:
+    """One batch size's outcome."""
+
+    batch_size: int
+    steps_to_result: int | None
+    best_trial: int | None
+    best_params: dict[str, float] | None
+    trials: int
+    reached: int
+    diverged: int
+    pruned: int
+
+
+@dataclass
+class StudySummary:
+    """What ``batchscale show`` prints."""
+
+    workload: str
+    optimizer: str
+    metric: str
+    target: float
+    maximize: bool
+    mode: str
+    engine: str
+    batch_sizes: list[BatchSizeSummary] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "workload": self.workload,
+            "optimizer": self.optimizer,
+            "metric": self.metric,
+            "target": self.target,
+            "maximize": self.maximize,
+            "mode": self.mode,
+            "engine": self.engine,
+            "batch_sizes": [vars(row) for row in self.batch_sizes],
+        }
+
+
+class Progress:
+    """Hooks a front end can override to follow a running study; the defaults do nothing."""
+
+    def start(self, total: int, done: int) -> None:
+        """The study has ``total`` trials, ``done`` of them already stored."""
+
+    def batch_size(self, batch_size: int) -> None:
+        """Trials of ``batch_size`` start."""
+
+    def trial_done(self, result: TrialResult) -> None:
+        """A trial finished and was stored."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    """``auto`` picks CUDA where available, else the CPU; ``cuda`` must be available."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+class Study:
+    """A steps-to-result study stored in one SQLite file.
+
+    ``workload`` may be a registered name (through ``config.workload``) or a ``Workload``
+    object, for a user's own model and data.
+    """
+
+    def __init__(
+        self, config: StudyConfig, store: Path | str, workload: Workload | None = None
+    ) -> None:
+        self.config = config
+        self.store_path = Path(store)
+        if workload is None:
+            try:
+                workload = get_workload(config.workload)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
+        elif config.workload != workload.name:
+            self.config = config = config.model_copy(update={"workload": workload.name})
+        self.workload = workload
+        self.target = config.target if config.target is not None else workload.default_target
+        try:
+            workload.metric.check_target(self.target)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        try:
+            self.search_space = config.resolved_search_space(
+                workload.default_search_space(config.optimizer)
+            )
+        except ValueError as error:
+            raise ConfigError(f"search_space: {error}") from None
+        if "learning_rate" not in self.search_space.names:
+            raise ConfigError("search_space must have a 'learning_rate' dimension")
+        if config.optimizer != "sgd" and "momentum" not in self.search_space.names:
+            raise ConfigError(
+                f"optimizer '{config.optimizer}' needs a 'momentum' dimension in search_space"
+            )
+        train_size = workload.data_sizes()["train"]
+        too_large = [b for b in config.batch_sizes if train_size and b > train_size]
+        if too_large:
+            raise ConfigError(
+                f"batch size {too_large[0]} exceeds the {train_size} training examples of "
+                f"'{workload.name}'; choose batch sizes up to {train_size}"
+            )
+        self.rules = StopRules(
+            target=self.target,
+            maximize=workload.metric.direction == "maximize",
+            divergence_factor=config.divergence_factor,
+        )
+
+    # -- planning -------------------------------------------------------------------------
+
+    def step_budget(self, batch_size: int) -> int:
+        """Steps allowed per trial at ``batch_size``."""
+        if self.config.step_budget is not None:
+            return self.config.step_budget
+        return self.workload.budget.steps(batch_size)
+
+    def trial_specs(self, batch_size: int) -> list[TrialSpec]:
+        """Every trial of ``batch_size``: trial i is always quasi-random point i."""
+        seed = self.config.seed
+        points = self.search_space.points(self.config.trials, derive_seed(seed, batch_size))
+        return [
+            TrialSpec(
+                batch_size=batch_size,
+                trial_id=trial_id,
+                params=point,
+                seed=derive_seed(seed, batch_size, trial_id, 1),
+                step_budget=self.step_budget(batch_size),
+                optimizer=self.config.optimizer,
+            )
+            for trial_id, point in enumerate(points)
+        ]
+
+    def identity(self) -> dict[str, Any]:
+        """The settings a stored study must share with this one to be resumed."""
+        budget = (
+            {"steps": self.config.step_budget}
+            if self.config.step_budget is not None
+            else vars(self.workload.budget)
+        )
+        return {
+            "workload": self.workload.name,
+            "optimizer": self.config.optimizer,
+            "target": self.target,
+            "metric": self.workload.metric.name,
+            "maximize": self.rules.maximize,
+            "seed": self.config.seed,
+            "mode": self.config.mode,
+            "search_space": self.search_space.model_dump(mode="json"),
+            "budget": budget,
+            "eval_growth": self.config.eval_growth,
+            "divergence_factor": self.config.divergence_factor,
+        }
+
+    # -- the store ------------------------------------------------------------------------
+
+    def open_store(self) -> StudyStore:
+        """Open the study's store, creating it if needed; refuse one for a different study."""
+        identity = self.identity()
+        if not self.store_path.exists():
+            return StudyStore.create(
+                self.store_path,
+                {**identity, "batch_sizes": [], "trials": 0, "engine": self.config.engine},
+                metric_columns(self.workload),
+            )
+        store = StudyStore.open(self.store_path)
+        for key in IDENTITY_KEYS:
+            if store.metadata.get(key) != identity[key]:
+                store.close()
+                raise StoreError(
+                    f"{self.store_path} holds a different study ({key} is "
+                    f"{store.metadata.get(key)!r} there, {identity[key]!r} here); "
+                    "use another --store or the same settings"
+                )
+        return store
+
+    # -- running --------------------------------------------------------------------------
+
+    def run(self, progress: Progress | None = None) -> StudySummary:
+        """Run every trial not yet stored and return the summary."""
+        progress = progress or Progress()
+        device = resolve_device(self.config.device)
+        store = self.open_store()
+        try:
+            with store.writer_lock():
+                planned = sorted(set(store.metadata["batch_sizes"]) | set(self.config.batch_sizes))
+                store.set_metadata("batch_sizes", planned)
+                store.set_metadata("trials", max(store.metadata["trials"], self.config.trials))
+                store.set_metadata("engine", self.config.engine)
+                finished = store.finished_trials()
+                pending = {
+                    b: [s for s in self.trial_specs(b) if (b, s.trial_id) not in finished]
+                    for b in self.config.batch_sizes
+                }
+                total = len(self.config.batch_sizes) * self.config.trials
+                progress.start(total, total - sum(len(specs) for specs in pending.values()))
+                data = self.workload.data().to(device)
+                for batch_size, specs in pending.items():
+                    if not specs:
+                        continue
+                    progress.batch_size(batch_size)
+                    self._run_batch_size(store, data, batch_size, specs, progress)
+            return summarize(store, self.workload.metric.name)
+        finally:
+            store.close()
+
+    def _run_batch_size(
+        self,
+        store: StudyStore,
+        data: Any,
+        batch_size: int,
+        specs: list[TrialSpec],
+        progress: Progress,
+    ) -> None:
+        bound = None
+        if self.config.mode == "race":
+            bound = best_bound(
+                store.measurements(), self.metric_column, self.target, batch_size,
+                self.rules.maximize,
+            )
+        steps = evaluation_steps(self.step_budget(batch_size), self.config.eval_growth)
+
+        def record(result: TrialResult) -> None:
+            store.record(result)
+            progress.trial_done(result)
+
+        run_cohort(
+            engine=self.config.engine,
+            workload=self.workload,
+            data=data,
+            specs=specs,
+            rules=self.rules,
+            evaluation_steps=steps,
+            race=self.config.mode == "race",
+            bound=bound,
+            on_result=record,
+        )
+
+    @property
+    def metric_column(self) -> str:
+        """The validation column that defines the goal."""
+        return f"val/{self.workload.metric.name}"
+
+
+def best_bound(
+    measurements: pd.DataFrame, metric: str, target: float, batch_size: int, maximize: bool
+) -> RaceBound | None:
+    """The stored (step, trial) that reached the goal first at ``batch_size``, if any."""
+    if measurements.empty or batch_size not in measurements.index.get_level_values("batch_size"):
+        return None
+    rows = measurements.xs(batch_size, level="batch_size", drop_level=False)
+    result = steps_to_result(rows, metric, target, maximize)
+    steps = result["steps"].iloc[0]
+    if pd.isna(steps):
+        return None
+    return RaceBound(step=int(steps), trial_id=int(result["trial_id"].iloc[0]))
+
+
+def summarize(store: StudyStore, metric_name: str) -> StudySummary:
+    """Steps to result and trial counts per batch size, from a store."""
+    meta = store.metadata
+    metric = f"val/{metric_name}"
+    trials = store.trials()
+    measurements = store.measurements()
+    summary = StudySummary(
+        workload=meta["workload"],
+        optimizer=meta["optimizer"],
+        metric=metric_name,
+        target=meta["target"],
+        maximize=meta["maximize"],
+        mode=meta["mode"],
+        engine=meta.get("engine", ""),
+    )
+    if trials.empty:
+        return summary
+    result = steps_to_result(measurements, metric, meta["target"], meta["maximize"])
+    reached = trials_reaching(measurements, metric, meta["target"], meta["maximize"])
+    for batch_size, group in trials.groupby(level="batch_size"):
+        steps = result["steps"].get(batch_size, math.nan)
+        best = None if pd.isna(steps) else int(result["trial_id"][batch_size])
+        params = None
+        if best is not None:
+            row = group.loc[(batch_size, best)]
+            params = {
+                name: float(row[name])
+                for name in (d["name"] for d in meta["search_space"]["dimensions"])
+                if name in row and not pd.isna(row[name])
+            }
+        summary.batch_sizes.append(
+            BatchSizeSummary(
+                batch_size=int(batch_size),  # type: ignore[call-overload]
+                steps_to_result=None if pd.isna(steps) else int(steps),
+                best_trial=best,
+                best_params=params,
+                trials=len(group),
+                reached=int(reached.get(batch_size, 0)),
+                diverged=int((group["status"] == Status.INFEASIBLE).sum()),
+                pruned=int((group["status"] == Status.PRUNED).sum()),
+            )
+        )
+    return summary
+

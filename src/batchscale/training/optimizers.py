@@ -1,0 +1,56 @@
+"""SGD, heavy-ball momentum and Nesterov momentum as tensor operations over many trials.
+
+The update is exactly ``torch.optim.SGD`` (dampening 0, no weight decay): the velocity starts
+at the first gradient, ``v <- m v + g``, and the step is ``lr * v`` (heavy ball) or
+``lr * (g + m v)`` (Nesterov). Here every tensor carries a leading trial dimension and the
+learning rate and momentum are one value per trial, so a cohort updates in a few kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from batchscale.workloads.base import Optimizer
+
+
+def _per_trial(values: Tensor, like: Tensor) -> Tensor:
+    return values.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
+@torch.no_grad()
+def batched_sgd_step(
+    params: list[Tensor],
+    grads: list[Tensor],
+    velocities: list[Tensor],
+    learning_rates: Tensor,
+    momenta: Tensor,
+    optimizer: Optimizer,
+) -> None:
+    """Update ``params`` in place; ``velocities`` (zeros before the first step) likewise.
+
+    Every tensor's first dimension is the trial; ``learning_rates`` and ``momenta`` have one
+    entry per trial.
+    """
+    for param, grad, velocity in zip(params, grads, velocities, strict=True):
+        lr = _per_trial(learning_rates, param)
+        if optimizer == "sgd":
+            param.sub_(lr * grad)
+            continue
+        momentum = _per_trial(momenta, param)
+        velocity.mul_(momentum).add_(grad)
+        if optimizer == "nesterov":
+            param.sub_(lr * (grad + momentum * velocity))
+        else:
+            param.sub_(lr * velocity)
+
+
+def torch_optimizer(
+    parameters: list[Tensor], optimizer: Optimizer, learning_rate: float, momentum: float
+) -> torch.optim.SGD:
+    """The reference optimizer for one trial: ``torch.optim.SGD`` configured for ``optimizer``."""
+    if optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=learning_rate)
+    return torch.optim.SGD(
+        parameters, lr=learning_rate, momentum=momentum, nesterov=optimizer == "nesterov"
+    )

@@ -1,0 +1,94 @@
+"""A user's own workload: any ``nn.Module`` factory, data as tensors or a ``Dataset``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from batchscale.workloads.base import CLASSIFICATION_ERROR, Budget, Data, Metric, Split, Workload
+
+SplitLike = tuple[Tensor, Tensor] | Dataset
+
+
+def as_split(source: SplitLike, what: str) -> Split:
+    """Turn ``(inputs, targets)`` or a map-style ``Dataset`` of pairs into a ``Split``."""
+    if isinstance(source, tuple):
+        inputs, targets = source
+        return Split(torch.as_tensor(inputs), torch.as_tensor(targets))
+    try:
+        size = len(source)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"the {what} dataset must define __len__ (a map-style Dataset)") from None
+    if size == 0:
+        raise ValueError(f"the {what} dataset is empty")
+    pairs = [source[i] for i in range(size)]
+    inputs = torch.stack([torch.as_tensor(pair[0]) for pair in pairs])
+    targets = torch.as_tensor([int(pair[1]) for pair in pairs])
+    return Split(inputs, targets)
+
+
+@dataclass
+class CustomWorkload(Workload):
+    """A workload assembled from a model factory and three splits.
+
+    Example::
+
+        workload = CustomWorkload.create(
+            "my-mlp", model=lambda: nn.Sequential(...),
+            train=(x_train, y_train), validation=(x_val, y_val), test=(x_test, y_test),
+            target=0.1,
+        )
+    """
+
+    model_factory: Callable[[], nn.Module] | None = None
+    splits: Data | None = field(default=None, repr=False)
+
+    def load_data(self) -> Data:
+        """The splits given at construction."""
+        assert self.splits is not None
+        return self.splits
+
+    def make_model(self) -> nn.Module:
+        """A fresh model from the user's factory."""
+        assert self.model_factory is not None
+        return self.model_factory()
+
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        model: Callable[[], nn.Module],
+        train: SplitLike,
+        validation: SplitLike,
+        test: SplitLike,
+        target: float,
+        metric: Metric = CLASSIFICATION_ERROR,
+        max_steps: int = 5_000,
+        min_steps: int = 200,
+        epochs: float = 20.0,
+        learning_rate_range: tuple[float, float] = (1e-3, 10.0),
+        one_minus_momentum_range: tuple[float, float] = (1e-3, 0.5),
+        description: str = "",
+    ) -> CustomWorkload:
+        """Build a workload; the step budget at batch size B is ``epochs`` passes, clamped."""
+        metric.check_target(target)
+        data = Data(
+            as_split(train, "train"), as_split(validation, "validation"), as_split(test, "test")
+        )
+        return cls(
+            name=name,
+            description=description or f"user workload '{name}'",
+            metric=metric,
+            default_target=target,
+            budget=Budget(
+                examples=int(epochs * len(data.train)), min_steps=min_steps, max_steps=max_steps
+            ),
+            learning_rate_range=learning_rate_range,
+            one_minus_momentum_range=one_minus_momentum_range,
+            model_factory=model,
+            splits=data,
+        )
