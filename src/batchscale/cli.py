@@ -65,10 +65,19 @@ class BarProgress(Progress):
         self.bar.advance(self.task)
 
 
+SHORT_NAMES = {
+    "learning_rate": "lr",
+    "momentum": "mom",
+    "end_learning_rate_factor": "end",
+    "decay_fraction": "decay",
+    "label_smoothing": "ls",
+}
+
+
 def _format_params(params: dict[str, float] | None) -> str:
     if not params:
         return "-"
-    return ", ".join(f"{name}={value:.3g}" for name, value in params.items())
+    return " ".join(f"{SHORT_NAMES.get(name, name)}={value:.3g}" for name, value in params.items())
 
 
 def print_summary(summary: StudySummary, out: Console) -> None:
