@@ -46,15 +46,32 @@ class UserError(Exception):
 
 
 class BarProgress(Progress):
-    """A rich progress bar: trials done, the current batch size, and an ETA."""
+    """A rich progress bar on stderr: trials done, the current batch size, and an ETA.
 
-    def __init__(self, bar: RichProgress) -> None:
-        self.bar = bar
-        self.task = bar.add_task("starting", total=None)
+    The bar appears only once the study has started, so an early error prints alone.
+    """
+
+    def __init__(self) -> None:
+        self.bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("trials"),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+        )
+        self.task = self.bar.add_task("starting", total=None)
 
     def start(self, total: int, done: int) -> None:
-        """Size the bar."""
+        """Show and size the bar."""
         self.bar.update(self.task, total=total, completed=done)
+        self.bar.start()
+
+    def stop(self) -> None:
+        """Leave the bar's last state on screen."""
+        self.bar.stop()
 
     def batch_size(self, batch_size: int) -> None:
         """Show the batch size now running."""
@@ -123,7 +140,9 @@ def run(
         int | None, typer.Option("--step-budget", help="Steps per trial at every batch size.")
     ] = None,
     store: Annotated[Path, typer.Option(help="SQLite file that holds the study.")] = DEFAULT_STORE,
-    seed: Annotated[int | None, typer.Option(help="Study seed (search points, trial seeds).")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Study seed (search points, trial seeds).")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     mode: Annotated[
         str | None, typer.Option(help="race (stop trials that can no longer win) or full.")
@@ -150,18 +169,11 @@ def run(
         eval_growth=eval_growth,
     )
     study = Study(settings, store)
-    with RichProgress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("trials"),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        summary = study.run(BarProgress(bar))
+    progress = BarProgress()
+    try:
+        summary = study.run(progress)
+    finally:
+        progress.stop()
     print_summary(summary, console)
     console.print(f"study stored in {store}")
 
@@ -235,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, UserError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (click_errors.Abort, KeyboardInterrupt):
-        print("error: interrupted; finished trials are stored, run again to resume",
-              file=sys.stderr)
+    except KeyboardInterrupt:
+        print(
+            "error: interrupted; finished trials are stored, run again to resume", file=sys.stderr
+        )
         return 130
     return 0
 

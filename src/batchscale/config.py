@@ -95,8 +95,6 @@ def build_config(file: Path | None = None, **overrides: Any) -> StudyConfig:
         try:
             SearchSpace.from_mapping(config.search_space)
         except (ValidationError, TypeError) as error:
-            message = (
-                _first_error(error) if isinstance(error, ValidationError) else str(error)
-            )
+            message = _first_error(error) if isinstance(error, ValidationError) else str(error)
             raise ConfigError(f"search_space: {message}") from None
     return config

@@ -40,7 +40,9 @@ class Dimension(BaseModel):
     def _check_range(self) -> Dimension:
         if self.scale == "discrete":
             if not self.values:
-                raise ValueError(f"discrete dimension '{self.name}' needs a non-empty 'values' list")
+                raise ValueError(
+                    f"discrete dimension '{self.name}' needs a non-empty 'values' list"
+                )
             return self
         if self.low is None or self.high is None:
             raise ValueError(f"dimension '{self.name}' needs both 'low' and 'high'")
@@ -126,7 +128,7 @@ class SearchSpace(BaseModel):
         raise KeyError(name)
 
     def points(self, count: int, seed: int) -> list[dict[str, float]]:
-        """The first ``count`` quasi-random points for ``seed``; a longer list extends a shorter one."""
+        """The first ``count`` quasi-random points for ``seed``; more points extend fewer."""
         if count <= 0:
             return []
         sampler = qmc.Sobol(d=len(self.dimensions), scramble=True, rng=seed)
@@ -149,7 +151,7 @@ class SearchSpace(BaseModel):
 
     @classmethod
     def from_mapping(cls, spec: dict[str, Any]) -> SearchSpace:
-        """Build a space from ``{name: {"scale": ..., "low": ..., "high": ...}}`` (TOML-friendly)."""
+        """Build a space from ``{name: {"scale": ..., "low": ..., "high": ...}}`` (as in TOML)."""
         return cls(dimensions=tuple(Dimension(name=name, **body) for name, body in spec.items()))
 
 

@@ -135,8 +135,12 @@ class StudyStore:
         columns = ", ".join(_quote(c) for c in [*KEY_COLUMNS, *self.metric_columns])
         placeholders = ", ".join("?" for _ in range(3 + len(self.metric_columns)))
         rows = [
-            (spec.batch_size, spec.trial_id, int(row["step"]))
-            + tuple(_finite_or_none(row.get(c)) for c in self.metric_columns)
+            (
+                spec.batch_size,
+                spec.trial_id,
+                int(row["step"]),
+                *(_finite_or_none(row.get(c)) for c in self.metric_columns),
+            )
             for row in result.measurements
         ]
         with self._connection:
@@ -211,4 +215,3 @@ def _finite_or_none(value: Any) -> float | None:
         return None
     number = float(value)
     return number if number == number and abs(number) != float("inf") else None
-

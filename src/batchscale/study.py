@@ -146,6 +146,7 @@ class Study:
                 f"batch size {too_large[0]} exceeds the {train_size} training examples of "
                 f"'{workload.name}'; choose batch sizes up to {train_size}"
             )
+        self.device = resolve_device(config.device)
         self.rules = StopRules(
             target=self.target,
             maximize=workload.metric.direction == "maximize",
@@ -224,7 +225,6 @@ class Study:
     def run(self, progress: Progress | None = None) -> StudySummary:
         """Run every trial not yet stored and return the summary."""
         progress = progress or Progress()
-        device = resolve_device(self.config.device)
         store = self.open_store()
         try:
             with store.writer_lock():
@@ -239,7 +239,7 @@ class Study:
                 }
                 total = len(self.config.batch_sizes) * self.config.trials
                 progress.start(total, total - sum(len(specs) for specs in pending.values()))
-                data = self.workload.data().to(device)
+                data = self.workload.data().to(self.device)
                 for batch_size, specs in pending.items():
                     if not specs:
                         continue
@@ -260,7 +260,10 @@ class Study:
         bound = None
         if self.config.mode == "race":
             bound = best_bound(
-                store.measurements(), self.metric_column, self.target, batch_size,
+                store.measurements(),
+                self.metric_column,
+                self.target,
+                batch_size,
                 self.rules.maximize,
             )
         steps = evaluation_steps(self.step_budget(batch_size), self.config.eval_growth)
@@ -333,7 +336,7 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
             }
         summary.batch_sizes.append(
             BatchSizeSummary(
-                batch_size=int(batch_size),  # type: ignore[call-overload]
+                batch_size=int(batch_size),
                 steps_to_result=None if pd.isna(steps) else int(steps),
                 best_trial=best,
                 best_params=params,
@@ -344,4 +347,3 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
             )
         )
     return summary
-

@@ -35,7 +35,7 @@ def steps_to_result(
         .first()
     )
     result = pd.DataFrame(index=pd.Index(batch_sizes, name="batch_size"))
-    result["steps"] = best["step"].reindex(batch_sizes).astype("Float64")
+    result["steps"] = best["step"].reindex(batch_sizes).astype(float)
     result["trial_id"] = best["trial_id"].reindex(batch_sizes).astype("Int64")
     return result
 
@@ -66,3 +66,19 @@ def trials_reaching(
     frame = hits.to_frame(index=False)
     counts = frame.drop_duplicates(["batch_size", "trial_id"]).groupby("batch_size").size()
     return counts.reindex(batch_sizes, fill_value=0).rename("reached")
+
+
+def first_hit_steps(
+    measurements: pd.DataFrame, metric: str, target: float, maximize: bool = False
+) -> pd.Series:
+    """Each trial's first step strictly better than the target (``NaN`` where it never got there).
+
+    Indexed by (batch_size, trial_id) over every trial in ``measurements``. Steps to result at
+    a batch size is the minimum of this over its trials, which is what makes a bootstrap over
+    trials cheap: resample these numbers instead of the measurement rows.
+    """
+    mask = reached_goal(measurements, metric, target, maximize).to_numpy()
+    frame = measurements.index.to_frame(index=False)
+    steps = frame["step"].astype(float).where(mask)
+    first = steps.groupby([frame["batch_size"], frame["trial_id"]]).min()
+    return first.rename("first_hit")

@@ -51,4 +51,3 @@ def evaluate_split(model: nn.Module, workload: Workload, split: Split) -> tuple[
         metric_sum += workload.metric.per_example(outputs, targets).sum().double()
     model.train(was_training)
     return float(loss_sum) / len(split), float(metric_sum) / len(split)
-

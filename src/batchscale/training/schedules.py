@@ -9,9 +9,7 @@ import torch
 Number = TypeVar("Number", float, torch.Tensor)
 
 
-def linear_decay(
-    step: int, initial: Number, end_factor: Number, decay_steps: Number
-) -> Number:
+def linear_decay(step: int, initial: Number, end_factor: Number, decay_steps: Number) -> Number:
     """Learning rate for update ``step`` (0 = the first update).
 
     Falls linearly from ``initial`` to ``initial * end_factor`` over ``decay_steps`` updates and

@@ -69,9 +69,7 @@ class Split:
 
     def __post_init__(self) -> None:
         if len(self.inputs) != len(self.targets):
-            raise ValueError(
-                f"split has {len(self.inputs)} inputs but {len(self.targets)} targets"
-            )
+            raise ValueError(f"split has {len(self.inputs)} inputs but {len(self.targets)} targets")
 
     def __len__(self) -> int:
         return len(self.inputs)

@@ -51,7 +51,7 @@ def generate_mnist1d(train_pool: int, validation: int) -> dict[str, np.ndarray]:
     path = cache_dir() / f"mnist1d_pool{train_pool}_val{validation}.npz"
     if path.exists():
         with np.load(path) as cached:
-            return dict(cached)
+            return {name: cached[name] for name in cached.files}
     x_train, y_train, x_test, y_test = _generate(5000, OFFICIAL_SEED)
     extra = train_pool - len(x_train)
     if extra > 0:
@@ -64,7 +64,7 @@ def generate_mnist1d(train_pool: int, validation: int) -> dict[str, np.ndarray]:
     x_train, y_train = x_train[:train_pool], y_train[:train_pool]
     order = np.random.default_rng(CARVE_SEED).permutation(len(x_train))
     x_train, y_train = x_train[order], y_train[order]
-    arrays = {
+    arrays: dict[str, np.ndarray] = {
         "x_train": x_train[validation:].astype(np.float32),
         "y_train": y_train[validation:].astype(np.int64),
         "x_val": x_train[:validation].astype(np.float32),
@@ -74,7 +74,7 @@ def generate_mnist1d(train_pool: int, validation: int) -> dict[str, np.ndarray]:
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
-    np.savez(partial, **arrays)
+    np.savez(partial, **arrays)  # type: ignore[arg-type]
     partial.replace(path)
     return arrays
 
@@ -89,7 +89,7 @@ class Mnist1dWorkload(Workload):
     validation_size: int = 4_000
 
     def load_data(self) -> Data:
-        """Generate (or read from the cache) the pool, the carved validation set and the test set."""
+        """Generate (or read from the cache) the training, validation and test splits."""
         arrays = generate_mnist1d(self.train_pool, self.validation_size)
         return Data(
             train=Split(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"])),

@@ -1,0 +1,67 @@
+"""The best metric each batch size reaches under a fixed step budget or a fixed example budget.
+
+The two budgets answer different questions: a fixed step budget asks what a larger batch buys
+when time per step is free, a fixed example (epoch) budget asks what it costs when data or
+compute is the limit. Trials stop once they reach the goal, so values better than the goal
+are truncated near it: read these curves for the batch sizes that fall short of the goal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from batchscale.analysis.steps_to_result import apply_example_budget, apply_step_budget
+
+
+def best_metric(measurements: pd.DataFrame, metric: str, maximize: bool = False) -> pd.DataFrame:
+    """The best value of ``metric`` per batch size over all trials and steps, and where it was.
+
+    Columns ``value``, ``trial_id``, ``step``; ties go to the earlier step, then the smaller
+    trial id. Batch sizes without a finite value get ``NaN``.
+    """
+    batch_sizes = measurements.index.get_level_values("batch_size").unique().sort_values()
+    rows = measurements[[metric]].dropna().reset_index()
+    rows = rows.rename(columns={metric: "value"})
+    rows = rows[np.isfinite(rows["value"].to_numpy(dtype=float))]
+    ordered = rows.sort_values(
+        ["batch_size", "value", "step", "trial_id"], ascending=[True, not maximize, True, True]
+    )
+    best = ordered.groupby("batch_size").first()
+    result = pd.DataFrame(index=pd.Index(batch_sizes, name="batch_size"))
+    result["value"] = best["value"].reindex(batch_sizes).astype(float)
+    result["trial_id"] = best["trial_id"].reindex(batch_sizes).astype("Int64")
+    result["step"] = best["step"].reindex(batch_sizes).astype("Int64")
+    return result
+
+
+def best_metric_under_step_budget(
+    measurements: pd.DataFrame, metric: str, max_steps: int, maximize: bool = False
+) -> pd.DataFrame:
+    """``best_metric`` over the rows at or before ``max_steps``, for every batch size."""
+    batch_sizes = measurements.index.get_level_values("batch_size").unique().sort_values()
+    best = best_metric(apply_step_budget(measurements, max_steps), metric, maximize)
+    return best.reindex(batch_sizes)
+
+
+def best_metric_under_example_budget(
+    measurements: pd.DataFrame, metric: str, max_examples: int, maximize: bool = False
+) -> pd.DataFrame:
+    """``best_metric`` over the rows that saw at most ``max_examples`` examples."""
+    batch_sizes = measurements.index.get_level_values("batch_size").unique().sort_values()
+    best = best_metric(apply_example_budget(measurements, max_examples), metric, maximize)
+    return best.reindex(batch_sizes)
+
+
+def common_step_budget(measurements: pd.DataFrame) -> int:
+    """The largest step budget every batch size was measured to: the minimum of their last steps."""
+    last = measurements.index.to_frame(index=False).groupby("batch_size")["step"].max()
+    return int(last.min())
+
+
+def common_example_budget(measurements: pd.DataFrame) -> int:
+    """The largest example budget every batch size was measured to (last step times batch size)."""
+    frame = measurements.index.to_frame(index=False)
+    last = frame.groupby("batch_size")["step"].max()
+    examples = last * last.index.to_numpy()
+    return int(examples.min())

@@ -1,0 +1,286 @@
+"""Design checks: signs that a study's answer depends on choices it should not depend on.
+
+Each check returns ``DesignWarning`` objects; ``show`` prints them and the report lists them.
+None of them is an error: each says what the study could not rule out, and what to change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from batchscale.analysis.goals import GoalCurve, goal_curves
+from batchscale.analysis.scaling import ScalingFit, fit_steps_to_result
+from batchscale.analysis.steps_to_result import trials_reaching
+from batchscale.analysis.winners import winners
+from batchscale.search import SearchSpace
+
+
+@dataclass(frozen=True)
+class DesignWarning:
+    """One finding of a design check: which check, where (a batch size or the whole study)."""
+
+    check: str
+    message: str
+    batch_size: int | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready form (what ``show --json`` lists under ``warnings``)."""
+        return {"check": self.check, "batch_size": self.batch_size, "message": self.message}
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def edge_warnings(
+    winning: pd.DataFrame, search_space: SearchSpace, fraction: float = 0.1
+) -> list[DesignWarning]:
+    """Winners whose metaparameter lies within ``fraction`` of an edge of its range.
+
+    Positions are measured in each dimension's own scale (log, reverse-log or linear), so
+    "within 10% of the top" of a log range means within a tenth of its decades. Such a winner
+    suggests the best value lies outside the range: widen it and rerun.
+    """
+    found = []
+    for batch_size, row in winning.iterrows():
+        if pd.isna(row["trial_id"]):
+            continue
+        point = {
+            name: float(row[name])
+            for name in search_space.names
+            if name in row.index and not pd.isna(row[name])
+        }
+        for name, position in search_space.edge_positions(point).items():
+            if fraction <= position <= 1.0 - fraction:
+                continue
+            dimension = search_space[name]
+            side = "bottom" if position < fraction else "top"
+            found.append(
+                DesignWarning(
+                    check="edge",
+                    batch_size=int(batch_size),  # type: ignore[call-overload]
+                    message=(
+                        f"batch size {batch_size}: the winner's {name} = {point[name]:.3g} "
+                        f"lies within {_percent(fraction)} of the {side} of its range "
+                        f"{dimension.describe()} (at {_percent(round(position, 3))} of it); "
+                        "the best value may lie outside: widen the range"
+                    ),
+                )
+            )
+    return found
+
+
+def late_winner_warnings(winning: pd.DataFrame, fraction: float = 0.1) -> list[DesignWarning]:
+    """Winners that reached the goal within the last ``fraction`` of their step budget.
+
+    The learning-rate schedule stretches over the budget, so a goal reached only at its end
+    may be reached sooner with a longer budget: steps to result there is budget-limited.
+    Needs a ``step_budget`` column (imported data may have none; then nothing is checked).
+    """
+    if "step_budget" not in winning.columns:
+        return []
+    found = []
+    for batch_size, row in winning.iterrows():
+        steps, budget = row["steps"], row["step_budget"]
+        if pd.isna(steps) or pd.isna(budget) or budget <= 0:
+            continue
+        if steps > (1.0 - fraction) * budget:
+            found.append(
+                DesignWarning(
+                    check="late_winner",
+                    batch_size=int(batch_size),  # type: ignore[call-overload]
+                    message=(
+                        f"batch size {batch_size}: the winner reached the goal at step "
+                        f"{int(steps)} of its {int(budget)}-step budget (the last "
+                        f"{_percent(fraction)}); steps to result may be limited by the budget: "
+                        "raise it"
+                    ),
+                )
+            )
+    return found
+
+
+def few_reached_warnings(reached: pd.Series, minimum: int = 3) -> list[DesignWarning]:
+    """Batch sizes where fewer than ``minimum`` trials reached the goal.
+
+    With one or two successes, steps to result rests on luck; with none, the batch size has no
+    result at all and drops out of the curve and the fit.
+    """
+    found = []
+    for batch_size, count in reached.items():
+        if count >= minimum:
+            continue
+        if count == 0:
+            message = (
+                f"batch size {batch_size}: no trial reached the goal, so it has no steps to "
+                "result; add trials, raise the budget or widen the search space"
+            )
+        else:
+            message = (
+                f"batch size {batch_size}: only {count} trial{'s' if count > 1 else ''} "
+                f"reached the goal (fewer than {minimum}); its steps to result rests on luck: "
+                "add trials"
+            )
+        found.append(
+            DesignWarning(
+                check="few_reached",
+                batch_size=int(batch_size),  # type: ignore[call-overload]
+                message=message,
+            )
+        )
+    return found
+
+
+def fit_warnings(fit: ScalingFit | None, batch_sizes: Sequence[float]) -> list[DesignWarning]:
+    """No fit, or a critical batch size the measured batch sizes do not locate."""
+    if fit is None:
+        return [
+            DesignWarning(
+                check="fit",
+                message=(
+                    "the goal was reached at fewer than two batch sizes, so S(B) cannot be "
+                    "fitted; add trials or batch sizes, or choose an easier goal"
+                ),
+            )
+        ]
+    low, high = min(batch_sizes), max(batch_sizes)
+    if fit.b_crit_at_bound:
+        shape = "falls as 1/B" if fit.b_crit > high else "stays flat"
+        return [
+            DesignWarning(
+                check="fit",
+                message=(
+                    f"steps to result {shape} across the measured batch sizes "
+                    f"[{low:g}, {high:g}], so the critical batch size is not located: "
+                    f"measure {'larger' if fit.b_crit > high else 'smaller'} batch sizes"
+                ),
+            )
+        ]
+    if not low <= fit.b_crit <= high:
+        return [
+            DesignWarning(
+                check="fit",
+                message=(
+                    f"the fitted critical batch size {fit.b_crit:.3g} lies outside the measured "
+                    f"batch sizes [{low:g}, {high:g}], so it is an extrapolation"
+                ),
+            )
+        ]
+    return []
+
+
+def goal_warnings(curves: Sequence[GoalCurve], max_ratio: float = 2.0) -> list[DesignWarning]:
+    """Goals near the chosen one whose curve disagrees with it: the result hangs on the goal.
+
+    Flags a goal whose fitted B_crit differs from the chosen goal's by more than a factor
+    ``max_ratio``, and a goal reached at fewer batch sizes than the chosen one (the chosen goal
+    then sits at the edge of what the budget reaches at some batch sizes).
+    """
+    chosen = next((c for c in curves if c.chosen), None)
+    if chosen is None:
+        return []
+    found = []
+    summary = ", ".join(
+        f"{c.goal:g}: " + ("-" if c.fit is None else f"{c.fit.b_crit:.3g}") for c in curves
+    )
+    for curve in curves:
+        if curve.chosen:
+            continue
+        if curve.reached < chosen.reached:
+            found.append(
+                DesignWarning(
+                    check="fragile_goal",
+                    message=(
+                        f"goal {curve.goal:g} is reached at only {curve.reached} of the "
+                        f"{chosen.reached} batch sizes that reach the chosen goal {chosen.goal:g}; "
+                        "the chosen goal is close to what the budget allows"
+                    ),
+                )
+            )
+        elif curve.fit is not None and chosen.fit is not None:
+            ratio = curve.fit.b_crit / chosen.fit.b_crit
+            if max(ratio, 1.0 / ratio) > max_ratio:
+                found.append(
+                    DesignWarning(
+                        check="fragile_goal",
+                        message=(
+                            f"B_crit at goal {curve.goal:g} is {curve.fit.b_crit:.3g}, "
+                            f"{max(ratio, 1 / ratio):.2g}x "
+                            f"{'above' if ratio > 1 else 'below'} the chosen goal's "
+                            f"{chosen.fit.b_crit:.3g} (B_crit by goal: {summary}); the curve's "
+                            "shape depends on the goal"
+                        ),
+                    )
+                )
+    return found
+
+
+def collect_warnings(
+    winning: pd.DataFrame,
+    reached: pd.Series,
+    fit: ScalingFit | None,
+    curves: Sequence[GoalCurve],
+    search_space: SearchSpace | None = None,
+    *,
+    edge_fraction: float = 0.1,
+    late_fraction: float = 0.1,
+    minimum_reached: int = 3,
+    max_b_crit_ratio: float = 2.0,
+) -> list[DesignWarning]:
+    """Every design check over precomputed parts (``winners``, ``trials_reaching``, ...)."""
+    found = few_reached_warnings(reached, minimum_reached)
+    if search_space is not None:
+        found += edge_warnings(winning, search_space, edge_fraction)
+    found += late_winner_warnings(winning, late_fraction)
+    found += fit_warnings(fit, [float(b) for b in winning.index])
+    found += goal_warnings(curves, max_b_crit_ratio)
+    return found
+
+
+def design_checks(
+    measurements: pd.DataFrame,
+    trials: pd.DataFrame,
+    metric: str,
+    target: float,
+    maximize: bool = False,
+    *,
+    search_space: SearchSpace | None = None,
+    goals: Sequence[float] | None = None,
+    edge_fraction: float = 0.1,
+    late_fraction: float = 0.1,
+    minimum_reached: int = 3,
+    max_b_crit_ratio: float = 2.0,
+) -> list[DesignWarning]:
+    """Run every design check on a study's measurements and trials tables.
+
+    Without ``search_space`` the edge check is skipped; ``goals`` are the goals compared with
+    ``target`` (default: 10% easier and 10% harder).
+    """
+    winning = winners(measurements, trials, metric, target, maximize)
+    reached = trials_reaching(measurements, metric, target, maximize)
+    steps = winning["steps"].to_numpy(dtype=float, na_value=np.nan)
+    fit = (
+        fit_steps_to_result(winning.index.to_numpy(dtype=float), steps)
+        if np.isfinite(steps).sum() >= 2
+        else None
+    )
+    curves = goal_curves(measurements, metric, target, goals, maximize)
+    return collect_warnings(
+        winning,
+        reached,
+        fit,
+        curves,
+        search_space,
+        edge_fraction=edge_fraction,
+        late_fraction=late_fraction,
+        minimum_reached=minimum_reached,
+        max_b_crit_ratio=max_b_crit_ratio,
+    )

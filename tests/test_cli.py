@@ -1,0 +1,148 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from batchscale.cli import main
+
+TINY = [
+    "--workload", "nqm", "--optimizer", "momentum", "--batch-sizes", "4,16,64",
+    "--trials", "4", "--target", "1.0", "--step-budget", "120", "--engine", "reference",
+    "--device", "cpu",
+]  # fmt: skip
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_console_script_end_to_end(tmp_path: Path) -> None:
+    store = tmp_path / "study.sqlite"
+    env = {**os.environ, "COLUMNS": "160"}
+    script = Path(sys.executable).parent / "batchscale"
+    done = subprocess.run(
+        [str(script), "run", *TINY, "--store", str(store)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert "steps to result" in done.stdout
+    assert "12/12" in done.stderr  # the progress bar counted every trial
+    shown = subprocess.run(
+        [str(script), "show", str(store), "--json"], capture_output=True, text=True, check=True
+    )
+    summary = json.loads(shown.stdout)
+    assert {"workload", "optimizer", "target", "batch_sizes"} <= summary.keys()
+    assert summary["workload"] == "nqm" and summary["optimizer"] == "momentum"
+    assert summary["target"] == 1.0
+    rows = summary["batch_sizes"]
+    assert [row["batch_size"] for row in rows] == [4, 16, 64]
+    for row in rows:
+        assert {"batch_size", "steps_to_result", "best_trial", "trials", "reached", "diverged"} <= (
+            row.keys()
+        )
+        assert row["trials"] == 4
+    assert any(row["steps_to_result"] is not None for row in rows)
+    # the same command again trains nothing new
+    again = subprocess.run(
+        [str(script), "run", *TINY, "--store", str(store)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert "12/12" in again.stderr
+    assert json.loads(
+        subprocess.run([str(script), "show", str(store), "--json"], capture_output=True,
+                       text=True, check=True).stdout
+    ) == summary  # fmt: skip
+
+
+def test_show_prints_a_table(tiny_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["show", str(tiny_store)], capsys)
+    assert code == 0
+    assert "batch size" in out and "steps to result" in out
+
+
+def test_workloads_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["workloads", "--json"], capsys)
+    assert code == 0
+    listed = {row["name"]: row for row in json.loads(out)}
+    assert {"mnist1d-mlp", "mnist1d-cnn", "nqm"} <= listed.keys()
+    assert listed["mnist1d-mlp"]["metric"] == "classification_error"
+    assert listed["mnist1d-mlp"]["data"]["test"] == 1000
+
+
+BAD_CONFIGS = {
+    "inverted": '[search_space.learning_rate]\nscale = "log"\nlow = 1.0\nhigh = 0.1\n',
+    "empty": '[search_space.learning_rate]\nscale = "linear"\nlow = 0.5\nhigh = 0.5\n',
+    "nonpositive": '[search_space.learning_rate]\nscale = "log"\nlow = 0.0\nhigh = 1.0\n',
+    "unknown_key": "trails = 3\n",
+    "not_toml": "workload = [unclosed\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--workload", "resnet-9000"], "known workloads: mnist1d-cnn, mnist1d-mlp, nqm"),
+        (["--optimizer", "adamw"], "known optimizers: sgd, momentum, nesterov"),
+        (["--batch-sizes", "16,0"], "'0' is not a positive integer"),
+        (["--batch-sizes", "16,-4"], "'-4' is not a positive integer"),
+        (["--batch-sizes", "16,1.5"], "'1.5' is not a positive integer"),
+        (["--batch-sizes", "abc"], "'abc' is not a positive integer"),
+        (["--workload", "mnist1d-mlp", "--target", "1.5"], "outside the range"),
+        (["--workload", "nqm", "--target", "-0.1"], "outside the range"),
+        (["--trials", "0"], "trials"),
+        (["--no-such-flag"], "No such option"),
+        (["--config", "inverted"], "empty or inverted"),
+        (["--config", "empty"], "empty or inverted"),
+        (["--config", "nonpositive"], "positive bounds"),
+        (["--config", "unknown_key"], "unknown setting 'trails'"),
+        (["--config", "not_toml"], "not valid TOML"),
+        (["--config", "missing"], "does not exist"),
+        (["--device", "cuda"], "cuda"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if args[0] == "--config":
+        path = tmp_path / f"{args[1]}.toml"
+        if args[1] in BAD_CONFIGS:
+            path.write_text(BAD_CONFIGS[args[1]])
+        args = ["--config", str(path)]
+    if args == ["--device", "cuda"]:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+        args = [*TINY, "--device", "cuda"]
+    before = sorted(tmp_path.iterdir())
+    code, _, err = run_cli(["run", *args, "--store", str(tmp_path / "s.sqlite")], capsys)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert message in err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_store_that_is_not_a_study(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bogus = tmp_path / "bogus.sqlite"
+    bogus.write_text("not a database\n" * 100)
+    before = bogus.read_bytes()
+    for command in (["run", *TINY, "--store", str(bogus)], ["show", str(bogus)]):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2 and "not a batchscale study" in err
+        assert len(err.strip().splitlines()) == 1
+    assert bogus.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bogus.sqlite"]
+
+
+def test_store_of_a_different_study(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = tiny_store.read_bytes()
+    args = [a if a != "momentum" else "sgd" for a in TINY]
+    code, _, err = run_cli(["run", *args, "--store", str(tiny_store)], capsys)
+    assert code == 2 and "holds a different study" in err and "optimizer" in err
+    assert tiny_store.read_bytes() == before

@@ -1,0 +1,124 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from batchscale import ConfigError, StoreError, Study, StudyConfig, load_study
+from batchscale.training.trial import Status
+
+from .conftest import TINY_NQM
+
+
+def test_tiny_study_measures_and_summarises(tiny_store: Path) -> None:
+    store = load_study(str(tiny_store))
+    trials = store.trials()
+    assert len(trials) == 12
+    assert set(trials["status"]) <= {s.value for s in Status}
+    measurements = store.measurements()
+    steps = measurements.index.get_level_values("step")
+    assert steps.min() == 0
+    # each trial has its own seed, recorded
+    assert trials["seed"].nunique() == 12
+
+
+def test_rerun_does_no_new_training(tiny_store: Path, tiny_config: StudyConfig) -> None:
+    before = load_study(str(tiny_store)).trials()
+    Study(tiny_config, tiny_store).run()
+    after = load_study(str(tiny_store)).trials()
+    pd.testing.assert_frame_equal(before, after)
+
+
+def test_more_trials_extend_the_same_points(tiny_store: Path, tiny_config: StudyConfig) -> None:
+    before = load_study(str(tiny_store)).trials()
+    Study(tiny_config.model_copy(update={"trials": 6}), tiny_store).run()
+    after = load_study(str(tiny_store)).trials()
+    assert len(after) == 18
+    pd.testing.assert_frame_equal(after.loc[before.index, before.columns], before)
+
+
+def test_race_and_full_agree_on_steps_to_result(tmp_path: Path, tiny_config: StudyConfig) -> None:
+    race = Study(tiny_config, tmp_path / "race.sqlite").run()
+    full = Study(tiny_config.model_copy(update={"mode": "full"}), tmp_path / "full.sqlite").run()
+    assert [r.steps_to_result for r in race.batch_sizes] == [
+        r.steps_to_result for r in full.batch_sizes
+    ]
+    assert [r.best_trial for r in race.batch_sizes] == [r.best_trial for r in full.batch_sizes]
+    assert any(r.steps_to_result is not None for r in race.batch_sizes)
+    assert sum(r.pruned for r in full.batch_sizes) == 0
+
+
+def test_divergence_is_a_status_not_a_crash(tmp_path: Path) -> None:
+    config = StudyConfig(
+        **{
+            **TINY_NQM,
+            "batch_sizes": (8,),
+            "trials": 3,
+            "search_space": {
+                "learning_rate": {"scale": "log", "low": 50.0, "high": 100.0},
+                "momentum": {"scale": "reverse_log", "low": 0.5, "high": 0.9},
+            },
+        }
+    )
+    summary = Study(config, tmp_path / "d.sqlite").run()
+    assert summary.batch_sizes[0].diverged == 3
+    trials = load_study(str(tmp_path / "d.sqlite")).trials()
+    assert (trials["status"] == "INFEASIBLE").all()
+    assert (trials["steps"] < 120).all()  # stopped early, did not run the whole budget
+
+
+def test_store_of_another_study_is_refused_and_untouched(
+    tiny_store: Path, tiny_config: StudyConfig
+) -> None:
+    before = tiny_store.read_bytes()
+    with pytest.raises(StoreError, match="different study"):
+        Study(tiny_config.model_copy(update={"optimizer": "nesterov"}), tiny_store).run()
+    assert tiny_store.read_bytes() == before
+
+
+def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="outside the range"):
+        Study(StudyConfig(workload="nqm", target=-1.0), tmp_path / "x.sqlite")
+    with pytest.raises(ConfigError, match="known workloads"):
+        Study(StudyConfig(workload="imagenet-resnet"), tmp_path / "x.sqlite")
+    assert not list(tmp_path.iterdir())
+
+
+RESUME_SCRIPT = """
+import sys
+from batchscale import Study, StudyConfig
+config = StudyConfig(workload="nqm", optimizer="nesterov", batch_sizes=(4, 8, 16, 32), trials=6,
+                     target=0.5, step_budget=3000, engine="reference", mode="full", device="cpu")
+Study(config, sys.argv[1]).run()
+"""
+
+
+def test_kill_9_mid_study_loses_nothing_finished(tmp_path: Path) -> None:
+    store = tmp_path / "resume.sqlite"
+    clean = tmp_path / "clean.sqlite"
+    script = tmp_path / "run_study.py"
+    script.write_text(RESUME_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    process = subprocess.Popen([sys.executable, str(script), str(store)], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if store.exists() and len(load_study(str(store)).trials()) >= 5:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = load_study(str(store)).trials()
+    assert 5 <= len(interrupted) < 24, "the kill should land mid-study"
+    subprocess.run([sys.executable, str(script), str(store)], env=env, check=True)
+    subprocess.run([sys.executable, str(script), str(clean)], env=env, check=True)
+    resumed, reference = load_study(str(store)), load_study(str(clean))
+    columns = ["seed", "status", "steps", "learning_rate", "momentum"]
+    pd.testing.assert_frame_equal(resumed.trials()[columns], reference.trials()[columns])
+    pd.testing.assert_frame_equal(resumed.measurements(), reference.measurements())
+    # trials stored before the kill were not rerun
+    kept = resumed.trials().loc[interrupted.index, "finished_at"]
+    assert (kept == interrupted["finished_at"]).all()
