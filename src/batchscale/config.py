@@ -29,7 +29,7 @@ class StudyConfig(BaseModel):
     workload: str = "mnist1d-mlp"
     optimizer: Optimizer = "nesterov"
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    trials: int = Field(default=16, ge=1, le=100_000)
+    trials: int = Field(default=24, ge=1, le=100_000)
     target: float | None = None
     step_budget: int | None = Field(default=None, ge=1)
     search_space: dict[str, dict[str, Any]] | None = None

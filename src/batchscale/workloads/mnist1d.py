@@ -128,7 +128,9 @@ def mnist1d_mlp() -> Mnist1dWorkload:
         description="MNIST-1D, 2-hidden-layer MLP (100 units)",
         metric=CLASSIFICATION_ERROR,
         default_target=0.3,
-        budget=Budget(examples=400_000, min_steps=400, max_steps=40_000),
+        budget=Budget(examples=200_000, min_steps=400, max_steps=20_000),
+        learning_rate_range=(1e-2, 3.0),
+        one_minus_momentum_range=(3e-3, 0.5),
         architecture="mlp",
         width=100,
     )
@@ -141,7 +143,9 @@ def mnist1d_cnn() -> Mnist1dWorkload:
         description="MNIST-1D, 3-layer 1-D CNN (32 channels)",
         metric=CLASSIFICATION_ERROR,
         default_target=0.2,
-        budget=Budget(examples=400_000, min_steps=400, max_steps=40_000),
+        budget=Budget(examples=200_000, min_steps=400, max_steps=20_000),
+        learning_rate_range=(1e-2, 3.0),
+        one_minus_momentum_range=(3e-3, 0.5),
         architecture="cnn",
         width=32,
     )
