@@ -233,6 +233,77 @@ def workloads(
     console.print(table)
 
 
+@app.command("import-batch-science")
+def import_batch_science_command(
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="A workload directory dataset/model/optimizer of the paper's released data, "
+            "or the archive root together with --workload."
+        ),
+    ],
+    store: Annotated[Path, typer.Option(help="The study file to create.")],
+    workload: Annotated[
+        str | None,
+        typer.Option(
+            help="dataset/model/optimizer under the archive root, e.g. "
+            "mnist/simple_cnn_base/nesterov_momentum."
+        ),
+    ] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="Validation column that defines the goal (default: the paper's)."),
+    ] = None,
+    target: Annotated[
+        float | None, typer.Option(help="Goal on that column (default: the paper's).")
+    ] = None,
+    maximize: Annotated[
+        bool | None,
+        typer.Option("--maximize/--minimize", help="Direction of a metric without a default."),
+    ] = None,
+    include_statuses: Annotated[
+        str,
+        typer.Option(
+            "--include-statuses",
+            help="Comma-separated statuses whose measurements count (the paper's loader: "
+            "COMPLETE only).",
+        ),
+    ] = "COMPLETE",
+    max_trials: Annotated[
+        int | None,
+        typer.Option("--max-trials", min=1, help="Keep the first N counted trials per batch size."),
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing study file.")] = False,
+) -> None:
+    """Import one workload of the paper's released data (Shallue et al. 2019) into a study."""
+    from batchscale.importers import import_batch_science
+
+    statuses = [part.strip().upper() for part in include_statuses.split(",") if part.strip()]
+    summary = import_batch_science(
+        source,
+        store,
+        workload=workload,
+        metric=metric,
+        target=target,
+        maximize=maximize,
+        include_statuses=statuses,
+        max_trials=max_trials,
+        force=force,
+    )
+    for warning in summary.warnings:
+        console.print(f"warning: {warning}", style="yellow")
+    console.print(
+        f"imported {summary.measured_trials} trials ({summary.rows} measurements) of "
+        f"{summary.workload} / {summary.optimizer} into {summary.store} in "
+        f"{summary.seconds:.1f} s"
+    )
+    opened = StudyStore.open(store, read_only=True)
+    try:
+        print_summary(summarize(opened, opened.metadata["metric"]), console)
+    finally:
+        opened.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for any mistake in the input."""
     command = typer.main.get_command(app)
