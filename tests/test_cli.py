@@ -85,7 +85,7 @@ BAD_CONFIGS = {
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--workload", "resnet-9000"], "known workloads: mnist1d-cnn, mnist1d-mlp, nqm"),
+        (["--workload", "resnet-9000"], "known workloads: "),
         (["--optimizer", "adamw"], "known optimizers: sgd, momentum, nesterov"),
         (["--batch-sizes", "16,0"], "'0' is not a positive integer"),
         (["--batch-sizes", "16,-4"], "'-4' is not a positive integer"),
@@ -146,3 +146,49 @@ def test_store_of_a_different_study(
     code, _, err = run_cli(["run", *args, "--store", str(tiny_store)], capsys)
     assert code == 2 and "holds a different study" in err and "optimizer" in err
     assert tiny_store.read_bytes() == before
+
+
+def test_show_json_has_fit_and_warnings(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["show", str(tiny_store), "--json"], capsys)
+    assert code == 0
+    shown = json.loads(out)
+    assert "warnings" in shown and isinstance(shown["warnings"], list)
+    assert "fit" in shown
+    if shown["fit"] is not None:
+        assert {"s_min", "b_crit", "e_min", "interval"} <= shown["fit"].keys()
+        assert shown["fit"]["e_min"] == pytest.approx(
+            shown["fit"]["s_min"] * shown["fit"]["b_crit"]
+        )
+    assert [goal["goal"] for goal in shown["goals"]]
+    code, out, _ = run_cli(["show", str(tiny_store), "--json", "--goals", "1.5,1.2"], capsys)
+    assert {1.5, 1.2} <= {goal["goal"] for goal in json.loads(out)["goals"]}
+
+
+def test_report_and_compare_commands(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["report", str(tiny_store), "--out", str(tmp_path / "r")], capsys)
+    assert code == 0 and (tmp_path / "r" / "report.html").is_file()
+    assert list((tmp_path / "r").glob("*.png")) and list((tmp_path / "r").glob("*.svg"))
+    code, out, _ = run_cli(
+        ["compare", str(tiny_store), str(tiny_store), "--out", str(tmp_path / "c"),
+         "--labels", "first,second"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0 and (tmp_path / "c" / "comparison.html").is_file()
+    code, _, err = run_cli(["compare", str(tiny_store), "--labels", "a,b"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(["report", str(tiny_store), "--goals", "x,y"], capsys)
+    assert code == 2 and "comma-separated numbers" in err
+
+
+def test_run_writes_the_report_beside_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "s.sqlite"
+    code, out, _ = run_cli(["run", *TINY, "--store", str(store)], capsys)
+    assert code == 0
+    assert (tmp_path / "s-report" / "report.html").is_file()
+    assert "report written to" in out

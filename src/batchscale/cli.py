@@ -136,6 +136,14 @@ def run(
     target: Annotated[
         float | None, typer.Option(help="Goal on the validation metric (default: workload's).")
     ] = None,
+    goals: Annotated[
+        str | None,
+        typer.Option(
+            help="Further goals, comma-separated, to check that the curve's shape does not "
+            "hinge on the chosen one (default: 10% easier and 10% harder). Trials run on to "
+            "the hardest."
+        ),
+    ] = None,
     step_budget: Annotated[
         int | None, typer.Option("--step-budget", help="Steps per trial at every batch size.")
     ] = None,
@@ -152,6 +160,13 @@ def run(
         float | None,
         typer.Option("--eval-growth", help="Ratio between consecutive evaluation steps."),
     ] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report-dir", help="Where to write the report (default: beside the store)."),
+    ] = None,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
+    ] = True,
 ) -> None:
     """Run (or resume) a study and print its summary."""
     settings = build_config(
@@ -161,6 +176,7 @@ def run(
         batch_sizes=batch_sizes,
         trials=trials,
         target=target,
+        goals=goals,
         step_budget=step_budget,
         seed=seed,
         device=device,
@@ -175,24 +191,120 @@ def run(
     finally:
         progress.stop()
     print_summary(summary, console)
+    print_analysis(store, None)
     console.print(f"study stored in {store}")
+    if report:
+        from batchscale.report import write_report
+
+        page = write_report(store, report_dir or default_report_dir(store))
+        console.print(f"report written to {page}")
+
+
+def default_report_dir(store: Path) -> Path:
+    """``studies/x.sqlite`` -> ``studies/x-report``."""
+    return store.with_name(store.stem + "-report")
+
+
+def parse_goals(text: str | None) -> list[float] | None:
+    """``"0.1,0.08"`` -> ``[0.1, 0.08]``; a clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        goals = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--goals '{text}' must be comma-separated numbers") from None
+    if not goals:
+        raise UserError("--goals needs at least one number")
+    return goals
+
+
+def print_analysis(store: Path, goals: list[float] | None) -> None:
+    """The fit, the regimes and every design warning of a stored study."""
+    from batchscale.analysis import analyze_store
+
+    try:
+        analysis = analyze_store(store, goals, bootstrap_samples=200)
+    except ValueError:
+        return  # nothing measured yet: the summary table already says so
+    if analysis.fit is not None:
+        console.print(analysis.fit.describe())
+    console.print(analysis.regimes.describe())
+    for warning in analysis.warnings:
+        console.print(f"warning: {warning.message}", style="yellow", highlight=False)
 
 
 @app.command()
 def show(
     store: Annotated[Path, typer.Argument(help="A study file written by 'batchscale run'.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    goals: Annotated[
+        str | None,
+        typer.Option(help="Goals to recompute the curve at, comma-separated (default: stored)."),
+    ] = None,
 ) -> None:
-    """Print a stored study's steps to result per batch size."""
+    """Print a stored study's steps to result per batch size, its fit and its warnings."""
+    goal_list = parse_goals(goals)
     opened = StudyStore.open(store, read_only=True)
     try:
         summary = summarize(opened, opened.metadata["metric"])
     finally:
         opened.close()
     if as_json:
-        typer.echo(json.dumps(summary.as_dict(), indent=2))
+        from batchscale.analysis import fit_and_warnings
+
+        try:
+            extra = fit_and_warnings(store, goal_list)
+        except ValueError:
+            extra = {"fit": None, "regimes": None, "goals": [], "warnings": []}
+        typer.echo(json.dumps({**summary.as_dict(), **extra}, indent=2))
     else:
         print_summary(summary, console)
+        print_analysis(store, goal_list)
+
+
+@app.command("report")
+def report_command(
+    store: Annotated[Path, typer.Argument(help="A study file.")],
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default: beside the store).")
+    ] = None,
+    goals: Annotated[
+        str | None, typer.Option(help="Goals for the fragile-goal check, comma-separated.")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report with every figure as PNG and SVG."""
+    from batchscale.report import write_report
+
+    goal_list = parse_goals(goals)
+    StudyStore.open(store, read_only=True).close()
+    try:
+        page = write_report(store, out or default_report_dir(store), goal_list)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    console.print(f"report written to {page}")
+
+
+@app.command()
+def compare(
+    stores: Annotated[list[Path], typer.Argument(help="Two or more study files.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports/comparison"),
+    labels: Annotated[
+        str | None, typer.Option(help="Comma-separated labels, one per study.")
+    ] = None,
+) -> None:
+    """Overlay several studies' curves, raw and normalised, on one page."""
+    from batchscale.report import write_comparison
+
+    label_list = None if labels is None else [part.strip() for part in labels.split(",")]
+    if label_list is not None and len(label_list) != len(stores):
+        raise UserError(f"--labels names {len(label_list)} studies but {len(stores)} were given")
+    for path in stores:
+        StudyStore.open(path, read_only=True).close()
+    try:
+        page = write_comparison(stores, out, label_list)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    console.print(f"comparison written to {page}")
 
 
 @app.command()

@@ -31,6 +31,7 @@ class StudyConfig(BaseModel):
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
     trials: int = Field(default=24, ge=1, le=100_000)
     target: float | None = None
+    goals: tuple[float, ...] | None = None
     step_budget: int | None = Field(default=None, ge=1)
     search_space: dict[str, dict[str, Any]] | None = None
     seed: int = Field(default=0, ge=0)
@@ -56,6 +57,16 @@ class StudyConfig(BaseModel):
         if len(set(sizes)) != len(sizes):
             raise ValueError(f"batch sizes repeat: {sizes}")
         return tuple(sorted(sizes))
+
+    @field_validator("goals", mode="before")
+    @classmethod
+    def _parse_goals(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return tuple(float(part) for part in value.split(",") if part.strip())
+            except ValueError:
+                raise ValueError(f"goals '{value}' are not comma-separated numbers") from None
+        return value
 
     def resolved_search_space(self, default: SearchSpace) -> SearchSpace:
         """The configured search space, or the workload's default for this optimizer."""

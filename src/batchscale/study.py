@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from batchscale.analysis.goals import neighbouring_goals, order_goals
 from batchscale.analysis.steps_to_result import steps_to_result, trials_reaching
 from batchscale.config import ConfigError, StudyConfig
 from batchscale.search import derive_seed
@@ -28,6 +29,7 @@ IDENTITY_KEYS = (
     "workload",
     "optimizer",
     "target",
+    "stop_target",
     "metric",
     "maximize",
     "seed",
@@ -123,10 +125,18 @@ class Study:
             self.config = config = config.model_copy(update={"workload": workload.name})
         self.workload = workload
         self.target = config.target if config.target is not None else workload.default_target
+        maximize = workload.metric.direction == "maximize"
+        self.goals = order_goals(
+            config.goals if config.goals else neighbouring_goals(self.target, maximize), maximize
+        )
         try:
-            workload.metric.check_target(self.target)
+            for goal in (self.target, *self.goals):
+                workload.metric.check_target(goal)
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        # Trials run on to the hardest goal so that every goal's curve is measured, not cut
+        # short by the stop rule; racing against that goal keeps every curve exact.
+        self.stop_target = (max if maximize else min)((self.target, *self.goals))
         try:
             self.search_space = config.resolved_search_space(
                 workload.default_search_space(config.optimizer)
@@ -148,8 +158,8 @@ class Study:
             )
         self.device = resolve_device(config.device)
         self.rules = StopRules(
-            target=self.target,
-            maximize=workload.metric.direction == "maximize",
+            target=self.stop_target,
+            maximize=maximize,
             divergence_factor=config.divergence_factor,
         )
 
@@ -188,6 +198,7 @@ class Study:
             "workload": self.workload.name,
             "optimizer": self.config.optimizer,
             "target": self.target,
+            "stop_target": self.stop_target,
             "metric": self.workload.metric.name,
             "maximize": self.rules.maximize,
             "seed": self.config.seed,
@@ -206,7 +217,13 @@ class Study:
         if not self.store_path.exists():
             return StudyStore.create(
                 self.store_path,
-                {**identity, "batch_sizes": [], "trials": 0, "engine": self.config.engine},
+                {
+                    **identity,
+                    "goals": self.goals,
+                    "batch_sizes": [],
+                    "trials": 0,
+                    "engine": self.config.engine,
+                },
                 metric_columns(self.workload),
             )
         store = StudyStore.open(self.store_path)
@@ -262,7 +279,7 @@ class Study:
             bound = best_bound(
                 store.measurements(),
                 self.metric_column,
-                self.target,
+                self.stop_target,
                 batch_size,
                 self.rules.maximize,
             )

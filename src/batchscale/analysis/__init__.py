@@ -28,7 +28,13 @@ from batchscale.analysis.checks import (
     goal_warnings,
     late_winner_warnings,
 )
-from batchscale.analysis.goals import GoalCurve, goal_curves, neighbouring_goals, steps_at_goals
+from batchscale.analysis.goals import (
+    GoalCurve,
+    goal_curves,
+    neighbouring_goals,
+    steps_at_goals,
+    stops_at_goal,
+)
 from batchscale.analysis.scaling import (
     Regimes,
     ScalingFit,
@@ -91,6 +97,7 @@ __all__ = [
     "regimes",
     "steps_at_goals",
     "steps_to_result",
+    "stops_at_goal",
     "store_search_space",
     "trial_outcomes",
     "trials_reaching",

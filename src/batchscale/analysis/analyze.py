@@ -74,6 +74,8 @@ def analyze(
     *,
     search_space: SearchSpace | None = None,
     goals: Sequence[float] | None = None,
+    stop_target: float | None = None,
+    raced: bool = False,
     bootstrap_samples: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -84,7 +86,10 @@ def analyze(
 
     ``metric`` is the validation column that defines the goal (``val/classification_error``,
     say). ``goals`` are compared with ``target`` for the fragile-goal check (default: 10%
-    easier and harder). The fit's interval is a bootstrap over trials with
+    easier and harder); ``stop_target`` is the goal trials stopped at (harder goals are
+    censored). With ``raced``, trials were pruned once they could no longer win, so how many
+    reached the goal says nothing about sensitivity and only "none reached" is flagged. The
+    fit's interval is a bootstrap over trials with
     ``bootstrap_samples`` resamples drawn from ``seed`` (0 samples: least-squares interval).
     """
     winning = winners(measurements, trials, metric, target, maximize)
@@ -104,9 +109,10 @@ def analyze(
         perfect_tolerance=perfect_tolerance,
         flat_tolerance=flat_tolerance,
     )
-    curves = goal_curves(measurements, metric, target, goals, maximize)
-    step_budget = common_step_budget(measurements)
-    example_budget = common_example_budget(measurements)
+    curves = goal_curves(measurements, metric, target, goals, maximize, stop_target)
+    budgets = trials["step_budget"] if "step_budget" in trials.columns else None
+    step_budget = common_step_budget(measurements, budgets)
+    example_budget = common_example_budget(measurements, budgets)
     return StudyAnalysis(
         metric=metric,
         target=target,
@@ -119,13 +125,13 @@ def analyze(
         goal_curves=curves,
         step_budget=step_budget,
         example_budget=example_budget,
-        best_under_steps=best_metric_under_step_budget(
-            measurements, metric, step_budget, maximize
-        ),
+        best_under_steps=best_metric_under_step_budget(measurements, metric, step_budget, maximize),
         best_under_examples=best_metric_under_example_budget(
             measurements, metric, example_budget, maximize
         ),
-        warnings=collect_warnings(winning, reached, fit, curves, search_space),
+        warnings=collect_warnings(
+            winning, reached, fit, curves, search_space, minimum_reached=1 if raced else 3
+        ),
     )
 
 
@@ -158,7 +164,9 @@ def analyze_store(
             float(meta["target"]),
             bool(meta["maximize"]),
             search_space=store_search_space(opened),
-            goals=goals,
+            goals=goals if goals is not None else meta.get("goals"),
+            stop_target=meta.get("stop_target"),
+            raced=meta.get("mode") == "race",
             **options,
         )
     finally:

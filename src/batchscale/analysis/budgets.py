@@ -53,15 +53,26 @@ def best_metric_under_example_budget(
     return best.reindex(batch_sizes)
 
 
-def common_step_budget(measurements: pd.DataFrame) -> int:
-    """The largest step budget every batch size was measured to: the minimum of their last steps."""
+def _last_steps(measurements: pd.DataFrame, step_budgets: pd.Series | None) -> pd.Series:
+    """Steps each batch size could run: its step budget where known, else its last step."""
     last = measurements.index.to_frame(index=False).groupby("batch_size")["step"].max()
-    return int(last.min())
+    if step_budgets is None:
+        return last
+    known = step_budgets.groupby(level="batch_size").max().reindex(last.index)
+    return known.fillna(last)
 
 
-def common_example_budget(measurements: pd.DataFrame) -> int:
-    """The largest example budget every batch size was measured to (last step times batch size)."""
-    frame = measurements.index.to_frame(index=False)
-    last = frame.groupby("batch_size")["step"].max()
-    examples = last * last.index.to_numpy()
-    return int(examples.min())
+def common_step_budget(measurements: pd.DataFrame, step_budgets: pd.Series | None = None) -> int:
+    """The largest step budget every batch size had: the minimum over batch sizes.
+
+    ``step_budgets`` holds each trial's (or batch size's) step budget, indexed by a
+    ``batch_size`` level; a trials table's ``step_budget`` column fits. Without it the last
+    measured step stands in, which undercounts where every trial stopped at the goal.
+    """
+    return int(_last_steps(measurements, step_budgets).min())
+
+
+def common_example_budget(measurements: pd.DataFrame, step_budgets: pd.Series | None = None) -> int:
+    """The largest example budget every batch size had (its step budget times batch size)."""
+    last = _last_steps(measurements, step_budgets)
+    return int((last * last.index.to_numpy()).min())

@@ -22,22 +22,32 @@ from batchscale.search import SearchSpace
 
 @dataclass(frozen=True)
 class DesignWarning:
-    """One finding of a design check: which check, where (a batch size or the whole study)."""
+    """One finding of a design check: which check, what it found, and at which batch sizes.
+
+    ``batch_sizes`` is empty for findings about the whole study (the fit, the goal).
+    """
 
     check: str
     message: str
-    batch_size: int | None = None
+    batch_sizes: tuple[int, ...] = ()
 
     def __str__(self) -> str:
         return self.message
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form (what ``show --json`` lists under ``warnings``)."""
-        return {"check": self.check, "batch_size": self.batch_size, "message": self.message}
+        return {"check": self.check, "batch_sizes": list(self.batch_sizes), "message": self.message}
 
 
 def _percent(fraction: float) -> str:
     return f"{100 * fraction:g}%"
+
+
+def _listing(details: dict[int, str]) -> str:
+    """``16 (1), 64 (2)``: batch sizes with a detail each, ascending."""
+    return ", ".join(
+        f"{size} ({detail})" if detail else f"{size}" for size, detail in details.items()
+    )
 
 
 def edge_warnings(
@@ -47,9 +57,10 @@ def edge_warnings(
 
     Positions are measured in each dimension's own scale (log, reverse-log or linear), so
     "within 10% of the top" of a log range means within a tenth of its decades. Such a winner
-    suggests the best value lies outside the range: widen it and rerun.
+    suggests the best value lies outside the range: widen it and rerun. One warning per
+    dimension and edge, listing the batch sizes (and winning values) where it happens.
     """
-    found = []
+    hits: dict[tuple[str, str], dict[int, str]] = {}
     for batch_size, row in winning.iterrows():
         if pd.isna(row["trial_id"]):
             continue
@@ -61,21 +72,24 @@ def edge_warnings(
         for name, position in search_space.edge_positions(point).items():
             if fraction <= position <= 1.0 - fraction:
                 continue
-            dimension = search_space[name]
             side = "bottom" if position < fraction else "top"
-            found.append(
-                DesignWarning(
-                    check="edge",
-                    batch_size=int(batch_size),  # type: ignore[call-overload]
-                    message=(
-                        f"batch size {batch_size}: the winner's {name} = {point[name]:.3g} "
-                        f"lies within {_percent(fraction)} of the {side} of its range "
-                        f"{dimension.describe()} (at {_percent(round(position, 3))} of it); "
-                        "the best value may lie outside: widen the range"
-                    ),
-                )
-            )
-    return found
+            key = int(batch_size)
+            hits.setdefault((name, side), {})[key] = f"{point[name]:.3g}"
+    return [
+        DesignWarning(
+            check="edge",
+            batch_sizes=tuple(details),
+            message=(
+                f"{name}: the winner lies within {_percent(fraction)} of the {side} of its range "
+                f"{search_space[name].describe()} at batch size{'s' if len(details) > 1 else ''} "
+                f"{_listing(details)}; the best value may lie outside the range: widen it"
+            ),
+        )
+        # Dimensions in the search space's order, bottom before top, whatever the batch sizes.
+        for (name, side), details in sorted(
+            hits.items(), key=lambda item: (search_space.names.index(item[0][0]), item[0][1])
+        )
+    ]
 
 
 def late_winner_warnings(winning: pd.DataFrame, fraction: float = 0.1) -> list[DesignWarning]:
@@ -87,25 +101,27 @@ def late_winner_warnings(winning: pd.DataFrame, fraction: float = 0.1) -> list[D
     """
     if "step_budget" not in winning.columns:
         return []
-    found = []
+    details = {}
     for batch_size, row in winning.iterrows():
         steps, budget = row["steps"], row["step_budget"]
         if pd.isna(steps) or pd.isna(budget) or budget <= 0:
             continue
         if steps > (1.0 - fraction) * budget:
-            found.append(
-                DesignWarning(
-                    check="late_winner",
-                    batch_size=int(batch_size),  # type: ignore[call-overload]
-                    message=(
-                        f"batch size {batch_size}: the winner reached the goal at step "
-                        f"{int(steps)} of its {int(budget)}-step budget (the last "
-                        f"{_percent(fraction)}); steps to result may be limited by the budget: "
-                        "raise it"
-                    ),
-                )
-            )
-    return found
+            key = int(batch_size)
+            details[key] = f"step {int(steps)} of {int(budget)}"
+    if not details:
+        return []
+    return [
+        DesignWarning(
+            check="late_winner",
+            batch_sizes=tuple(details),
+            message=(
+                f"the winner reached the goal in the last {_percent(fraction)} of its step budget "
+                f"at batch size{'s' if len(details) > 1 else ''} {_listing(details)}; steps to "
+                "result there may be limited by the budget: raise it"
+            ),
+        )
+    ]
 
 
 def few_reached_warnings(reached: pd.Series, minimum: int = 3) -> list[DesignWarning]:
@@ -114,26 +130,32 @@ def few_reached_warnings(reached: pd.Series, minimum: int = 3) -> list[DesignWar
     With one or two successes, steps to result rests on luck; with none, the batch size has no
     result at all and drops out of the curve and the fit.
     """
+    counts = {int(size): int(count) for size, count in reached.items()}
+    none = {size: "" for size, count in counts.items() if count == 0}
+    few = {size: str(count) for size, count in counts.items() if 0 < count < minimum}
     found = []
-    for batch_size, count in reached.items():
-        if count >= minimum:
-            continue
-        if count == 0:
-            message = (
-                f"batch size {batch_size}: no trial reached the goal, so it has no steps to "
-                "result; add trials, raise the budget or widen the search space"
-            )
-        else:
-            message = (
-                f"batch size {batch_size}: only {count} trial{'s' if count > 1 else ''} "
-                f"reached the goal (fewer than {minimum}); its steps to result rests on luck: "
-                "add trials"
-            )
+    if none:
         found.append(
             DesignWarning(
                 check="few_reached",
-                batch_size=int(batch_size),  # type: ignore[call-overload]
-                message=message,
+                batch_sizes=tuple(none),
+                message=(
+                    f"no trial reached the goal at batch size{'s' if len(none) > 1 else ''} "
+                    f"{_listing(none)}, so there is no steps to result there; add trials, raise "
+                    "the budget or widen the search space"
+                ),
+            )
+        )
+    if few:
+        found.append(
+            DesignWarning(
+                check="few_reached",
+                batch_sizes=tuple(few),
+                message=(
+                    f"fewer than {minimum} trials reached the goal at batch "
+                    f"size{'s' if len(few) > 1 else ''} {_listing(few)} (trials reached in "
+                    "brackets); steps to result there rests on one or two lucky trials: add trials"
+                ),
             )
         )
     return found
@@ -182,17 +204,20 @@ def goal_warnings(curves: Sequence[GoalCurve], max_ratio: float = 2.0) -> list[D
 
     Flags a goal whose fitted B_crit differs from the chosen goal's by more than a factor
     ``max_ratio``, and a goal reached at fewer batch sizes than the chosen one (the chosen goal
-    then sits at the edge of what the budget reaches at some batch sizes).
+    then sits at the edge of what the budget reaches at some batch sizes). Censored goals
+    (harder than the goal trials stopped at) are not compared: they measure the stop rule.
     """
     chosen = next((c for c in curves if c.chosen), None)
     if chosen is None:
         return []
     found = []
     summary = ", ".join(
-        f"{c.goal:g}: " + ("-" if c.fit is None else f"{c.fit.b_crit:.3g}") for c in curves
+        f"{c.goal:g}: " + ("-" if c.fit is None else f"{c.fit.b_crit:.3g}")
+        for c in curves
+        if not c.censored
     )
     for curve in curves:
-        if curve.chosen:
+        if curve.chosen or curve.censored:
             continue
         if curve.reached < chosen.reached:
             found.append(

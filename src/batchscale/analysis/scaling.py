@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -28,6 +28,10 @@ from batchscale.analysis.steps_to_result import first_hit_steps, steps_to_result
 # it the curve is indistinguishable from pure 1/B (or from flat) over the measured range.
 B_CRIT_RANGE_FACTOR = 1000.0
 _GRID_POINTS = 400
+_CHUNK = 256
+
+# Steps to result per batch size: numbers, with None, NaN or pandas' NA where the goal was missed.
+Steps = ArrayLike | Sequence[float | None]
 
 Regime = Literal["perfect scaling", "diminishing returns", "maximal data parallelism"]
 
@@ -57,10 +61,31 @@ class ScalingFit:
         """Fewest examples to reach the goal (the limit of infinitely small batches)."""
         return self.s_min * self.b_crit
 
+    @property
+    def b_crit_bounds(self) -> tuple[float, float]:
+        """The range the fit searched B_crit in: the batch sizes widened 1000x each way."""
+        return (
+            min(self.batch_sizes) / B_CRIT_RANGE_FACTOR,
+            max(self.batch_sizes) * B_CRIT_RANGE_FACTOR,
+        )
+
     def predict(self, batch_sizes: ArrayLike) -> NDArray[np.float64]:
         """Steps the fitted curve predicts at ``batch_sizes``."""
         sizes = np.asarray(batch_sizes, dtype=float)
         return np.asarray(self.s_min * (1.0 + self.b_crit / sizes), dtype=float)
+
+    def describe(self) -> str:
+        """One line: the fitted S_min, B_crit and E_min with their intervals."""
+
+        def interval(pair: tuple[float, float] | None) -> str:
+            return "" if pair is None else f" [{pair[0]:.4g}, {pair[1]:.4g}]"
+
+        return (
+            f"fit S(B) = S_min (1 + B_crit / B): S_min = {self.s_min:.4g}"
+            f"{interval(self.s_min_interval)}, B_crit = {self.b_crit:.4g}"
+            f"{interval(self.b_crit_interval)}, E_min = {self.e_min:.4g}"
+            f"{interval(self.e_min_interval)} ({self.confidence:.0%} {self.interval_method})"
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form (what ``show --json`` prints as ``fit``)."""
@@ -86,7 +111,9 @@ def _pair(interval: tuple[float, float] | None) -> list[float] | None:
     return None if interval is None else [interval[0], interval[1]]
 
 
-def _usable(batch_sizes: ArrayLike, steps: ArrayLike) -> tuple[NDArray[np.float64], ...]:
+def _usable(
+    batch_sizes: ArrayLike, steps: Steps
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Batch sizes and steps as float arrays, keeping only finite, positive pairs."""
     sizes = np.asarray(batch_sizes, dtype=float)
     # Through a nullable Series so that None and pandas' NA (an unreached goal) become NaN.
@@ -148,7 +175,7 @@ def _percentiles(values: NDArray[np.float64], confidence: float) -> tuple[float,
 
 def fit_steps_to_result(
     batch_sizes: ArrayLike,
-    steps: ArrayLike,
+    steps: Steps,
     *,
     replicates: ArrayLike | None = None,
     confidence: float = 0.95,
@@ -167,30 +194,28 @@ def fit_steps_to_result(
     sizes, counts = _usable(batch_sizes, steps)
     if len(np.unique(sizes)) < 2:
         raise ValueError(
-            "the fit needs steps to result at two or more batch sizes; "
-            f"got {len(np.unique(sizes))}"
+            f"the fit needs steps to result at two or more batch sizes; got {len(np.unique(sizes))}"
         )
     log_b, log_s = np.log(sizes), np.log(counts)
     bounds = _log_bounds(sizes)
     theta, residual, jac = _fit_log_space(log_b, log_s, bounds)
     # Within 1% of the log range of a bound: the data do not locate B_crit.
     at_bound = min(theta[1] - bounds[0], bounds[1] - theta[1]) < 0.01 * (bounds[1] - bounds[0])
-    fit = {
-        "s_min": float(math.exp(theta[0])),
-        "b_crit": float(math.exp(theta[1])),
-        "batch_sizes": tuple(float(b) for b in sizes),
-        "steps": tuple(float(s) for s in counts),
-        "rms_log_residual": float(np.sqrt(np.mean(residual**2))),
-        "b_crit_at_bound": bool(at_bound),
-        "confidence": confidence,
-    }
+    fit = ScalingFit(
+        s_min=float(math.exp(theta[0])),
+        b_crit=float(math.exp(theta[1])),
+        batch_sizes=tuple(float(b) for b in sizes),
+        steps=tuple(float(s) for s in counts),
+        rms_log_residual=float(np.sqrt(np.mean(residual**2))),
+        b_crit_at_bound=bool(at_bound),
+        confidence=confidence,
+        interval_method="none",
+    )
     if replicates is not None:
-        return ScalingFit(
-            **fit, **_bootstrap_intervals(batch_sizes, replicates, confidence)
-        )
+        return replace(fit, **_bootstrap_intervals(batch_sizes, replicates, confidence))
     dof = len(sizes) - 2
     if dof < 1 or at_bound:
-        return ScalingFit(**fit, interval_method="none")
+        return fit
     variance = float(residual @ residual) / dof
     covariance = variance * np.linalg.pinv(jac.T @ jac)
     quantile = float(stats.t.ppf(0.5 + confidence / 2.0, dof))
@@ -199,13 +224,41 @@ def fit_steps_to_result(
         half = quantile * math.sqrt(max(log_variance, 0.0))
         return math.exp(log_value - half), math.exp(log_value + half)
 
-    return ScalingFit(
-        **fit,
+    return replace(
+        fit,
         interval_method="least-squares covariance",
         s_min_interval=interval(theta[0], covariance[0, 0]),
         b_crit_interval=interval(theta[1], covariance[1, 1]),
         e_min_interval=interval(theta[0] + theta[1], float(covariance.sum())),
     )
+
+
+def _fit_grid(
+    log_b: NDArray[np.float64], log_s: NDArray[np.float64], bounds: tuple[float, float]
+) -> NDArray[np.float64]:
+    """``_fit_log_space`` for many curves at once, ``log_s`` of shape (curves, points).
+
+    The profile over the log B_crit grid is refined by a parabola through the grid minimum and
+    its neighbours instead of a solver per curve: a thousand bootstrap fits then cost one array
+    operation, and the grid spacing (about 5% in B_crit) is far below any bootstrap spread.
+    Returns (curves, 2) parameters (log S_min, log B_crit).
+    """
+    grid = np.linspace(bounds[0], bounds[1], _GRID_POINTS)
+    step = grid[1] - grid[0]
+    shape = np.logaddexp(0.0, grid[:, None] - log_b[None, :])
+    residuals = log_s[:, None, :] - shape[None, :, :]
+    errors = residuals.var(axis=2)
+    best = np.argmin(errors, axis=1)
+    inner = np.clip(best, 1, _GRID_POINTS - 2)
+    rows = np.arange(len(log_s))
+    before, at, after = (errors[rows, inner + k] for k in (-1, 0, 1))
+    curvature = before - 2.0 * at + after
+    safe = np.where(curvature > 0, curvature, 1.0)
+    shift = np.where(curvature > 0, np.clip(0.5 * (before - after) / safe, -1.0, 1.0), 0.0)
+    # A minimum on the grid's edge stays there: B_crit is at its bound, not between points.
+    log_b_crit = np.where(best == inner, grid[inner] + shift * step, grid[best])
+    log_s_min = (log_s - np.logaddexp(0.0, log_b_crit[:, None] - log_b[None, :])).mean(axis=1)
+    return np.column_stack([log_s_min, log_b_crit])
 
 
 def _bootstrap_intervals(
@@ -214,20 +267,24 @@ def _bootstrap_intervals(
     sizes = np.asarray(batch_sizes, dtype=float)
     rows = np.asarray(replicates, dtype=float)
     if rows.ndim != 2 or rows.shape[1] != len(sizes):
-        raise ValueError(
-            f"replicates must have shape (samples, {len(sizes)}), got {rows.shape}"
-        )
+        raise ValueError(f"replicates must have shape (samples, {len(sizes)}), got {rows.shape}")
+    usable = np.isfinite(rows) & (rows > 0) & np.isfinite(sizes) & (sizes > 0)
     estimates = []
-    for row in rows:
-        kept, counts = _usable(sizes, row)
-        if len(np.unique(kept)) < 2:
+    # Resamples that reach the goal at the same batch sizes are fitted together.
+    for mask in np.unique(usable, axis=0):
+        if len(np.unique(sizes[mask])) < 2:
             continue
-        theta, _, _ = _fit_log_space(np.log(kept), np.log(counts), _log_bounds(kept))
-        estimates.append(theta)
-    method = f"bootstrap over trials ({len(estimates)} of {len(rows)} resamples fitted)"
+        group = np.log(rows[(usable == mask).all(axis=1)][:, mask])
+        kept = sizes[mask]
+        # In chunks, so the (curves, grid, points) array stays a few megabytes.
+        for start in range(0, len(group), _CHUNK):
+            chunk = group[start : start + _CHUNK]
+            estimates.append(_fit_grid(np.log(kept), chunk, _log_bounds(kept)))
+    fitted = sum(len(e) for e in estimates)
+    method = f"bootstrap over trials ({fitted} of {len(rows)} resamples fitted)"
     if not estimates:
         return {"interval_method": method}
-    values = np.exp(np.asarray(estimates))
+    values = np.exp(np.concatenate(estimates))
     return {
         "interval_method": method,
         "s_min_interval": _percentiles(values[:, 0], confidence),
@@ -375,7 +432,7 @@ class Regimes:
         }
 
 
-def local_slopes(batch_sizes: ArrayLike, steps: ArrayLike) -> NDArray[np.float64]:
+def local_slopes(batch_sizes: ArrayLike, steps: Steps) -> NDArray[np.float64]:
     """Slopes of log steps against log batch size between consecutive reached batch sizes."""
     sizes, counts = _usable(batch_sizes, steps)
     order = np.argsort(sizes)
@@ -384,8 +441,8 @@ def local_slopes(batch_sizes: ArrayLike, steps: ArrayLike) -> NDArray[np.float64
 
 
 def regimes(
-    batch_sizes: Sequence[float] | ArrayLike,
-    steps: Sequence[float] | ArrayLike,
+    batch_sizes: ArrayLike,
+    steps: Steps,
     *,
     perfect_tolerance: float = 0.2,
     flat_tolerance: float = 0.15,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Literal, overload
 
-import numpy as np
 import pandas as pd
 
 from batchscale.analysis.steps_to_result import first_hit_steps, steps_to_result
@@ -12,6 +11,11 @@ from batchscale.analysis.steps_to_result import first_hit_steps, steps_to_result
 # Columns of a trials table that describe how a trial ran rather than what it tried.
 BOOKKEEPING_COLUMNS = frozenset(
     {"seed", "status", "steps", "step_budget", "wall_time", "train_time", "finished_at"}
+)
+
+# Columns ``winners`` computes, as opposed to those it copies from the trials table.
+DERIVED_COLUMNS = frozenset(
+    {"steps", "examples", "trial_id", "validation", "test", "effective_learning_rate"}
 )
 
 Outcome = Literal["reached", "missed", "diverged", "pruned"]
@@ -34,6 +38,11 @@ def effective_learning_rate(
 def metaparameter_columns(trials: pd.DataFrame) -> list[str]:
     """The trials table's metaparameter columns (everything that is not bookkeeping)."""
     return [c for c in trials.columns if c not in BOOKKEEPING_COLUMNS]
+
+
+def winner_metaparameters(winning: pd.DataFrame) -> list[str]:
+    """The metaparameter columns of a ``winners`` table, in order."""
+    return [c for c in winning.columns if c not in DERIVED_COLUMNS and c not in BOOKKEEPING_COLUMNS]
 
 
 def matching_test_column(metric: str, columns: pd.Index) -> str | None:

@@ -1,0 +1,657 @@
+"""Figures of a study. Every ``plot_*`` function draws on an Axes the caller owns, so users can
+compose them into their own figures; the ``*_figure`` functions compose them into the report's.
+
+The report's figures are built on ``matplotlib.figure.Figure`` directly, never through pyplot,
+so making a report changes no global matplotlib state and needs no display.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib import colormaps, rc_context
+from matplotlib.axes import Axes
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.transforms import blended_transform_factory
+from matplotlib.typing import RcKeyType
+from numpy.typing import ArrayLike, NDArray
+
+from batchscale.analysis.analyze import StudyAnalysis
+from batchscale.analysis.scaling import Regimes, ScalingFit
+from batchscale.analysis.winners import OUTCOMES
+from batchscale.search import SearchSpace
+
+# Print-friendly sizes: a figure is read at about the width of a column or a page.
+STYLE: dict[RcKeyType, Any] = {
+    "font.size": 9,
+    "axes.titlesize": 9,
+    "axes.labelsize": 9,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "legend.fontsize": 7.5,
+    "legend.framealpha": 0.9,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.4,
+    "lines.markersize": 5,
+    "savefig.dpi": 200,
+    # SVG element ids come from a hash; a fixed salt makes them the same on every run.
+    "svg.hashsalt": "batchscale",
+}
+
+REGIME_COLORS = {
+    "perfect scaling": "#d8ecd3",
+    "diminishing returns": "#fbe7c6",
+    "maximal data parallelism": "#e4def0",
+}
+OUTCOME_STYLES: dict[str, dict[str, Any]] = {
+    "reached": {"marker": "o", "color": "#2166ac", "label": "reached goal"},
+    "missed": {"marker": "o", "color": "#9e9e9e", "label": "missed goal", "facecolor": "none"},
+    "diverged": {"marker": "x", "color": "#d6604d", "label": "diverged"},
+    "pruned": {"marker": "^", "color": "#e08214", "label": "pruned", "facecolor": "none"},
+}
+DATA_COLOR = "#1f3b73"
+FIT_COLOR = "#c0392b"
+REFERENCE_COLOR = "#555555"
+UNREACHED_COLOR = "#c0392b"
+
+
+@contextmanager
+def paper_style() -> Iterator[None]:
+    """The report's matplotlib settings, for figures made inside the block."""
+    with rc_context(STYLE):
+        yield
+
+
+def _power_of_two(value: float, _position: int) -> str:
+    exponent = math.log2(value) if value > 0 else math.nan
+    if math.isfinite(exponent) and abs(exponent - round(exponent)) < 1e-9:
+        return f"$2^{{{round(exponent)}}}$"
+    return ""
+
+
+def format_batch_axis(ax: Axes, max_labels: int = 12) -> None:
+    """A log2 batch-size x axis with ticks labelled 2^k, as in the paper's figures.
+
+    ``max_labels`` bounds the number of labelled ticks (narrow panels want fewer).
+    """
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_locator(LogLocator(base=2, numticks=max_labels))
+    ax.xaxis.set_major_formatter(FuncFormatter(_power_of_two))
+    # Between powers of two, unlabelled minor ticks only clutter.
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
+def format_number(value: float) -> str:
+    """A compact label: ``321``, ``0.0452``, or mathtext ``1.52\\times10^{4}`` far from 1."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    exponent = math.floor(math.log10(abs(value)))
+    if 2 <= exponent < 4:
+        return f"{value:.0f}"
+    if -3 <= exponent < 2:
+        return f"{value:.3g}"
+    mantissa = value / 10**exponent
+    return f"${mantissa:.3g}\\times10^{{{exponent}}}$"
+
+
+def _plain(value: float, _position: int) -> str:
+    if value <= 0:
+        return ""
+    return f"{value:,.0f}" if value >= 1 else f"{value:.2g}"
+
+
+def format_value_axis(ax: Axes) -> None:
+    """Plain numbers (``40``, ``200``) on a log y axis; minor ticks labelled on short ranges.
+
+    Call after the limits are final. Spanning less than about a decade, a log axis has one
+    major tick or none, so the 2x and 5x minor ticks get labels to keep the axis readable.
+    """
+    low, high = ax.get_ylim()
+    ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+    if high / low < 30:
+        ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
+    else:
+        ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _finite(
+    batch_sizes: ArrayLike, values: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
+    """Batch sizes, values (missing as NaN) and which pairs are finite and positive."""
+    sizes = np.asarray(batch_sizes, dtype=float)
+    numbers = pd.Series(values, dtype="Float64").to_numpy(dtype=float, na_value=np.nan)
+    keep = np.isfinite(sizes) & np.isfinite(numbers) & (numbers > 0)
+    return sizes, numbers, keep
+
+
+def shade_regimes(ax: Axes, regimes: Regimes, low: float, high: float) -> list[Patch]:
+    """Shade the measured regimes between x = ``low`` and ``high``; returns legend handles."""
+    if not regimes.slopes:
+        return []
+    first = regimes.perfect_until if regimes.perfect_until is not None else low
+    last = regimes.maximal_from if regimes.maximal_from is not None else high
+    spans = []
+    if regimes.perfect_until is not None:
+        spans.append(("perfect scaling", low, regimes.perfect_until))
+    if first < last:
+        spans.append(("diminishing returns", first, last))
+    if regimes.maximal_from is not None:
+        spans.append(("maximal data parallelism", regimes.maximal_from, high))
+    handles = []
+    for name, start, stop in spans:
+        ax.axvspan(start, stop, color=REGIME_COLORS[name], zorder=0, linewidth=0)
+        handles.append(Patch(color=REGIME_COLORS[name], label=name))
+    return handles
+
+
+def _log_padded_limits(values: NDArray[np.float64], factor: float = 1.4) -> tuple[float, float]:
+    return float(values.min()) / factor, float(values.max()) * factor
+
+
+def plot_steps_to_result(
+    ax: Axes,
+    batch_sizes: ArrayLike,
+    steps: ArrayLike,
+    *,
+    fit: ScalingFit | None = None,
+    regimes: Regimes | None = None,
+    perfect_scaling: bool = True,
+    examples: bool = False,
+    label: str = "measured",
+    color: str = DATA_COLOR,
+    legend: bool = True,
+) -> None:
+    """Steps (or, with ``examples``, examples) to result against batch size on log-log axes.
+
+    Draws the perfect-scaling reference through the smallest reached batch size, the fitted
+    S(B) = S_min (1 + B_crit / B) (or E(B) = E_min (1 + B / B_crit)) with B_crit marked, the
+    measured regimes shaded, and a marker at the top for batch sizes that never reached the goal.
+    """
+    sizes, counts, keep = _finite(batch_sizes, steps)
+    values = counts * sizes if examples else counts
+    format_batch_axis(ax)
+    ax.set_yscale("log")
+    low, high = _log_padded_limits(sizes, 1.25)
+    ax.set_xlim(low, high)
+    handles: list[Any] = []
+    if keep.any():
+        (line,) = ax.plot(
+            sizes[keep], values[keep], "o-", color=color, label=label, zorder=3, markersize=4.5
+        )
+        handles.append(line)
+    grid = np.geomspace(low, high, 200)
+    if perfect_scaling and keep.any():
+        anchor_b, anchor_s = sizes[keep][0], counts[keep][0]
+        ideal = anchor_s * anchor_b / grid
+        (reference,) = ax.plot(
+            grid,
+            ideal * grid if examples else ideal,
+            linestyle=(0, (4, 3)),
+            color=REFERENCE_COLOR,
+            linewidth=1.0,
+            label="perfect scaling",
+            zorder=2,
+        )
+        handles.append(reference)
+    if fit is not None:
+        predicted = fit.predict(grid)
+        (fitted,) = ax.plot(
+            grid,
+            predicted * grid if examples else predicted,
+            color=FIT_COLOR,
+            linewidth=1.2,
+            label=(
+                f"fit: $S_{{min}}$={format_number(fit.s_min)}, "
+                f"$B_{{crit}}$={format_number(fit.b_crit)}"
+                if not examples
+                else f"fit: $E_{{min}}$={format_number(fit.e_min)}, "
+                f"$B_{{crit}}$={format_number(fit.b_crit)}"
+            ),
+            zorder=2,
+        )
+        handles.append(fitted)
+        if low <= fit.b_crit <= high:
+            marker = ax.axvline(
+                fit.b_crit,
+                color=FIT_COLOR,
+                linestyle=":",
+                linewidth=1.0,
+                zorder=1,
+                label="$B_{crit}$",
+            )
+            handles.append(marker)
+    missing = sizes[~keep]
+    if len(missing):
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        (unreached,) = ax.plot(
+            missing,
+            np.full(len(missing), 0.97),
+            linestyle="none",
+            marker="v",
+            color=UNREACHED_COLOR,
+            transform=top,
+            clip_on=False,
+            label="goal not reached",
+            zorder=4,
+        )
+        handles.append(unreached)
+    if regimes is not None:
+        handles += shade_regimes(ax, regimes, low, high)
+    if keep.any():
+        # Room above and below the data, so the markers and the legend do not collide.
+        shown = values[keep]
+        ax.set_ylim(shown.min() / 2.5, shown.max() * 2.5)
+    format_value_axis(ax)
+    ax.set_xlabel("Batch size")
+    ax.set_ylabel("Examples to result" if examples else "Steps to result")
+    if legend:
+        # Beside the axes: inside, some study's points or the unreached markers end up under it.
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+
+
+def plot_winner_metaparameter(
+    ax: Axes,
+    batch_sizes: ArrayLike,
+    values: ArrayLike,
+    *,
+    ylabel: str,
+    references: bool = True,
+    color: str = DATA_COLOR,
+) -> list[Line2D]:
+    """One winning metaparameter against batch size (log-log), with scaling references.
+
+    The references start at the smallest batch size with a winner: linear scaling (value
+    proportional to B) and square-root scaling (proportional to sqrt B). Returns the lines
+    drawn, for a shared legend.
+    """
+    sizes, numbers, keep = _finite(batch_sizes, values)
+    format_batch_axis(ax, max_labels=7)
+    ax.set_yscale("log")
+    (line,) = ax.plot(sizes[keep], numbers[keep], "o-", color=color, label="winner", zorder=3)
+    lines = [line]
+    if references and keep.any():
+        grid = np.geomspace(sizes[keep].min(), sizes[keep].max(), 100)
+        anchor_b, anchor_v = sizes[keep][0], numbers[keep][0]
+        (linear,) = ax.plot(
+            grid,
+            anchor_v * grid / anchor_b,
+            linestyle=(0, (4, 3)),
+            color=REFERENCE_COLOR,
+            linewidth=1.0,
+            label="linear scaling",
+        )
+        (root,) = ax.plot(
+            grid,
+            anchor_v * np.sqrt(grid / anchor_b),
+            linestyle=":",
+            color=REFERENCE_COLOR,
+            linewidth=1.2,
+            label="square-root scaling",
+        )
+        lines += [linear, root]
+    ax.set_xlabel("Batch size")
+    ax.set_ylabel(ylabel)
+    format_value_axis(ax)
+    return lines
+
+
+def plot_trial_outcomes(
+    ax: Axes,
+    x: ArrayLike,
+    y: ArrayLike,
+    outcomes: Sequence[str],
+    *,
+    winner: int | None = None,
+) -> None:
+    """Trials of one batch size as points in (x, y), marked by outcome, the winner starred.
+
+    ``winner`` is the position of the winning trial in ``x``/``y``. Outcomes are
+    ``reached``, ``missed``, ``diverged`` and ``pruned`` (``batchscale.analysis.trial_outcomes``).
+    """
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    labels = np.asarray(outcomes)
+    for outcome in OUTCOMES:
+        style = OUTCOME_STYLES[outcome]
+        mask = labels == outcome
+        if not mask.any():
+            continue
+        # Unfilled markers ('x') take one colour; the others an edge and a face.
+        colours = (
+            {"color": style["color"]}
+            if style["marker"] == "x"
+            else {
+                "facecolors": style.get("facecolor", style["color"]),
+                "edgecolors": style["color"],
+            }
+        )
+        ax.scatter(
+            xs[mask],
+            ys[mask],
+            marker=style["marker"],
+            s=18,
+            linewidths=0.9,
+            label=style["label"],
+            zorder=3,
+            **colours,
+        )
+    if winner is not None:
+        ax.scatter(
+            xs[winner],
+            ys[winner],
+            marker="*",
+            s=130,
+            facecolors="#ffd400",
+            edgecolors="black",
+            linewidths=0.7,
+            zorder=4,
+            label="winner",
+        )
+
+
+def plot_validation_curves(
+    ax: Axes,
+    curves: Mapping[int, tuple[ArrayLike, ArrayLike]],
+    *,
+    target: float,
+    ylabel: str,
+    colorbar: bool = True,
+) -> None:
+    """Validation metric against step for each batch size's winner, coloured by batch size.
+
+    ``curves`` maps a batch size to (steps, values). Step 0 is left out (log x axis).
+    """
+    sizes = sorted(curves)
+    if not sizes:
+        return
+    norm = LogNorm(vmin=min(sizes), vmax=max(sizes) if max(sizes) > min(sizes) else min(sizes) * 2)
+    cmap = colormaps["viridis"]
+    every: list[float] = []
+    for size in sizes:
+        steps, values = (np.asarray(v, dtype=float) for v in curves[size])
+        keep = steps > 0
+        every += list(values[keep])
+        ax.plot(steps[keep], values[keep], color=cmap(norm(size)), linewidth=1.1)
+    ax.axhline(target, color=FIT_COLOR, linestyle=(0, (4, 3)), linewidth=1.0, label="goal")
+    ax.set_xscale("log")
+    finite = np.asarray([v for v in every if math.isfinite(v) and v > 0])
+    if len(finite) and finite.max() / max(finite.min(), 1e-300) > 10:
+        ax.set_yscale("log")
+    ax.set_xlabel("Step")
+    ax.set_ylabel(ylabel)
+    ax.legend(loc="upper right")
+    if colorbar and ax.figure is not None:
+        mappable = ScalarMappable(norm=norm, cmap=cmap)
+        bar = ax.figure.colorbar(mappable, ax=ax, pad=0.02, aspect=30)
+        bar.set_label("Batch size")
+        bar.ax.yaxis.set_major_locator(LogLocator(base=2, numticks=30))
+        bar.ax.yaxis.set_major_formatter(FuncFormatter(_power_of_two))
+        bar.ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def plot_best_metric(
+    ax: Axes,
+    batch_sizes: ArrayLike,
+    values: ArrayLike,
+    *,
+    target: float,
+    ylabel: str,
+    title: str,
+) -> None:
+    """The best validation metric each batch size reached under one budget, with the goal."""
+    sizes = np.asarray(batch_sizes, dtype=float)
+    numbers = pd.Series(values, dtype="Float64").to_numpy(dtype=float, na_value=np.nan)
+    keep = np.isfinite(numbers)
+    format_batch_axis(ax)
+    ax.plot(sizes[keep], numbers[keep], "o-", color=DATA_COLOR, label="best trial")
+    ax.axhline(target, color=FIT_COLOR, linestyle=(0, (4, 3)), linewidth=1.0, label="goal")
+    ax.set_xlabel("Batch size")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
+def plot_comparison(
+    ax: Axes,
+    curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
+    *,
+    normalise: bool = False,
+    legend: bool = True,
+) -> None:
+    """Several studies' steps to result on one log-log plot, optionally relative to their first.
+
+    ``curves`` maps a label to (batch sizes, steps). With ``normalise`` each curve is divided
+    by its steps at its smallest reached batch size, as the paper compares workloads.
+    """
+    cmap = colormaps["tab10"]
+    markers = "osD^vP*Xh<>"
+    format_batch_axis(ax)
+    ax.set_yscale("log")
+    every = []
+    for index, (label, (batch_sizes, steps)) in enumerate(curves.items()):
+        sizes, counts, keep = _finite(batch_sizes, steps)
+        if not keep.any():
+            continue
+        shown = counts[keep] / counts[keep][0] if normalise else counts[keep]
+        every.append(sizes[keep])
+        ax.plot(
+            sizes[keep],
+            shown,
+            marker=markers[index % len(markers)],
+            markersize=4,
+            color=cmap(index % 10),
+            label=label,
+        )
+    if every and normalise:
+        sizes = np.concatenate(every)
+        grid = np.geomspace(sizes.min(), sizes.max(), 100)
+        ax.plot(
+            grid,
+            sizes.min() / grid,
+            linestyle=(0, (4, 3)),
+            color=REFERENCE_COLOR,
+            linewidth=1.0,
+            label="perfect scaling",
+        )
+    ax.set_xlabel("Batch size")
+    ax.set_ylabel("Steps relative to smallest batch size" if normalise else "Steps to result")
+    format_value_axis(ax)
+    if legend:
+        ax.legend(loc="lower left")
+
+
+# -- the report's figures ----------------------------------------------------------------------
+
+
+def _metric_label(metric: str) -> str:
+    split, _, name = metric.partition("/")
+    split_name = {"val": "Validation", "test": "Test", "train": "Training"}.get(split, split)
+    return f"{split_name} {name.replace('_', ' ')}" if name else metric
+
+
+def steps_figure(analysis: StudyAnalysis, *, examples: bool = False) -> Figure:
+    """Steps (or examples) to result with the perfect-scaling line, the fit and the regimes."""
+    figure = Figure(figsize=(6.6, 3.5), layout="constrained")
+    ax = figure.add_subplot()
+    plot_steps_to_result(
+        ax,
+        analysis.winners.index.to_numpy(dtype=float),
+        analysis.winners["steps"],
+        fit=analysis.fit,
+        regimes=analysis.regimes,
+        examples=examples,
+    )
+    return figure
+
+
+def metaparameters_figure(analysis: StudyAnalysis) -> Figure:
+    """The winners' learning rate, 1 - momentum and effective learning rate against B."""
+    winners = analysis.winners
+    panels = [("learning_rate", "Learning rate")]
+    if "momentum" in winners.columns:
+        panels.append(("one_minus_momentum", "1 − momentum"))
+        panels.append(("effective_learning_rate", "Effective learning rate"))
+    figure = Figure(figsize=(2.45 * len(panels) + 0.3, 2.9), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    sizes = winners.index.to_numpy(dtype=float)
+    lines: list[Line2D] = []
+    for ax, (column, label) in zip(axes, panels, strict=True):
+        if column == "one_minus_momentum":
+            values = 1.0 - winners["momentum"].astype(float)
+            plot_winner_metaparameter(ax, sizes, values, ylabel=label, references=False)
+        else:
+            lines = plot_winner_metaparameter(ax, sizes, winners[column], ylabel=label)
+    figure.legend(handles=lines, loc="outside lower center", ncols=len(lines))
+    return figure
+
+
+def trial_outcomes_figure(
+    analysis: StudyAnalysis,
+    trials: pd.DataFrame,
+    search_space: SearchSpace | None = None,
+    best_values: pd.Series | None = None,
+) -> Figure:
+    """Small multiples: every trial of each batch size in (learning rate, 1 - momentum).
+
+    Without a momentum column (plain SGD) the y axis is each trial's best validation metric
+    from ``best_values`` (indexed by batch size and trial id). Axis limits follow the search
+    space when given, so a winner at the edge of the range shows as one.
+    """
+    sizes = analysis.batch_sizes
+    columns = min(5, len(sizes))
+    rows = math.ceil(len(sizes) / columns)
+    figure = Figure(figsize=(1.75 * columns + 0.4, 1.65 * rows + 0.6), layout="constrained")
+    axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+    has_momentum = "momentum" in trials.columns
+    outcomes = analysis.outcomes
+    for ax in axes.flat[len(sizes) :]:
+        ax.set_visible(False)
+    for ax, size in zip(axes.flat, sizes, strict=False):
+        at_size = trials.xs(size, level="batch_size")
+        x = at_size["learning_rate"].to_numpy(dtype=float)
+        if has_momentum:
+            y = 1.0 - at_size["momentum"].to_numpy(dtype=float)
+        else:
+            assert best_values is not None, "plain SGD needs best_values for the y axis"
+            y = best_values.xs(size, level="batch_size").reindex(at_size.index).to_numpy(float)
+        labels = outcomes.xs(size, level="batch_size").reindex(at_size.index).fillna("missed")
+        winner_id = analysis.winners.loc[size, "trial_id"]
+        winner = None if pd.isna(winner_id) else int(at_size.index.get_loc(int(winner_id)))
+        plot_trial_outcomes(ax, x, y, list(labels), winner=winner)
+        ax.set_title(f"B = {size}", pad=3)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.grid(False)
+        # Minor ticks add nothing to a scatter of points and dominate the drawing time.
+        ax.minorticks_off()
+    first = axes[0, 0]
+    if search_space is not None and "learning_rate" in search_space.names:
+        dim = search_space["learning_rate"]
+        if dim.low is not None and dim.high is not None:
+            first.set_xlim(dim.low / 1.5, dim.high * 1.5)
+    if has_momentum and search_space is not None and "momentum" in search_space.names:
+        dim = search_space["momentum"]
+        if dim.low is not None and dim.high is not None:
+            first.set_ylim((1 - dim.high) / 1.5, (1 - dim.low) * 1.5)
+    for ax in axes[-1, :]:
+        ax.set_xlabel("Learning rate")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("1 − momentum" if has_momentum else "Best validation metric")
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker=style["marker"],
+            color=style["color"],
+            markerfacecolor=style.get("facecolor", style["color"]),
+            label=style["label"],
+        )
+        for style in OUTCOME_STYLES.values()
+    ]
+    handles.append(
+        Line2D(
+            [],
+            [],
+            linestyle="none",
+            marker="*",
+            markersize=10,
+            markerfacecolor="#ffd400",
+            markeredgecolor="black",
+            label="winner",
+        )
+    )
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return figure
+
+
+def validation_curves_figure(analysis: StudyAnalysis, measurements: pd.DataFrame) -> Figure:
+    """The winners' validation curves, one per batch size."""
+    curves = {}
+    for size, trial_id in analysis.winners["trial_id"].items():
+        if pd.isna(trial_id):
+            continue
+        rows = measurements.loc[(size, int(trial_id))]
+        curves[int(size)] = (
+            rows.index.to_numpy(dtype=float),
+            rows[analysis.metric].to_numpy(dtype=float),
+        )
+    figure = Figure(figsize=(5.2, 3.5), layout="constrained")
+    ax = figure.add_subplot()
+    plot_validation_curves(
+        ax, curves, target=analysis.target, ylabel=_metric_label(analysis.metric)
+    )
+    return figure
+
+
+def budgets_figure(analysis: StudyAnalysis) -> Figure:
+    """Best validation metric against batch size under a fixed example and a fixed step budget."""
+    figure = Figure(figsize=(6.4, 2.9), layout="constrained")
+    left, right = figure.subplots(1, 2, sharey=True)
+    sizes = analysis.winners.index.to_numpy(dtype=float)
+    label = _metric_label(analysis.metric)
+    plot_best_metric(
+        left,
+        sizes,
+        analysis.best_under_examples["value"],
+        target=analysis.target,
+        ylabel=f"Best {label[0].lower()}{label[1:]}",
+        title=f"Fixed example budget ({analysis.example_budget:,} examples)",
+    )
+    plot_best_metric(
+        right,
+        sizes,
+        analysis.best_under_steps["value"],
+        target=analysis.target,
+        ylabel="",
+        title=f"Fixed step budget ({analysis.step_budget:,} steps)",
+    )
+    right.legend(loc="best")
+    return figure
+
+
+def comparison_figure(curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> Figure:
+    """Several studies side by side: raw steps to result, and relative to the smallest B."""
+    figure = Figure(figsize=(7.0, 3.5), layout="constrained")
+    raw, relative = figure.subplots(1, 2)
+    plot_comparison(raw, curves, legend=False)
+    plot_comparison(relative, curves, normalise=True, legend=False)
+    raw.set_title("Steps to result")
+    relative.set_title("Normalised by the smallest batch size")
+    # One legend below both panels: inside either, it would cover some study's points.
+    handles, labels = relative.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)))
+    return figure

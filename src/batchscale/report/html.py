@@ -1,0 +1,619 @@
+"""The report: one self-contained HTML page per study (or per comparison), plus every figure
+as PNG and SVG beside it.
+
+Figures are embedded as base64 PNG, styles inline, and nothing is fetched, so the page opens
+offline and survives being mailed around on its own.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import platform
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata, resources
+from io import BytesIO
+from pathlib import Path
+from string import Template
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from batchscale.analysis.analyze import StudyAnalysis, analyze, store_search_space
+from batchscale.analysis.scaling import ScalingFit
+from batchscale.analysis.winners import OUTCOMES, winner_metaparameters
+from batchscale.report import figures
+from batchscale.search import SearchSpace
+from batchscale.store import StudyStore
+
+REPORT_FILE = "report.html"
+COMPARISON_FILE = "comparison.html"
+PACKAGES = ("batchscale", "numpy", "scipy", "pandas", "matplotlib", "torch", "pydantic")
+PARAMETER_NAMES = {
+    "learning_rate": "learning rate",
+    "momentum": "momentum",
+    "effective_learning_rate": "effective lr",
+    "end_learning_rate_factor": "end lr factor",
+    "decay_fraction": "decay fraction",
+    "label_smoothing": "label smoothing",
+}
+
+
+@dataclass
+class RenderedFigure:
+    """A figure saved as PNG and SVG, with what the page says about it."""
+
+    name: str
+    title: str
+    caption: str
+    png: bytes
+    width_inches: float
+
+
+def _template(name: str) -> str:
+    return (resources.files("batchscale.report") / "templates" / name).read_text("utf-8")
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    """A table cell: ``-`` when missing, counts exact, other numbers to ``digits`` digits."""
+    if value is None or pd.isna(value):
+        return "-"
+    number = float(value)
+    if number.is_integer():
+        return f"{int(number):,}"
+    if abs(number) >= 1000:
+        # Three significant digits, written out: 15,000 reads faster than 1.5e+04.
+        return f"{float(f'{number:.{digits}g}'):,.0f}"
+    return f"{number:.{digits}g}"
+
+
+def _interval(
+    interval: tuple[float, float] | None, bounds: tuple[float, float] | None = None
+) -> str:
+    """``[low, high]``; an end at the fit's bound for B_crit reads as unbounded."""
+    if interval is None:
+        return ""
+    low, high = _number(interval[0]), _number(interval[1])
+    if bounds is not None:
+        low = "unbounded" if interval[0] <= bounds[0] * 1.01 else low
+        high = "unbounded" if interval[1] >= bounds[1] / 1.01 else high
+    return f"[{low}, {high}]"
+
+
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], text: Collection[int] = ()
+) -> str:
+    """An HTML table of already-escaped cells; columns in ``text`` are left-aligned prose."""
+
+    def cell(tag: str, index: int, value: Any) -> str:
+        kind = ' class="text"' if index in text else ""
+        return f"<{tag}{kind}>{value}</{tag}>"
+
+    head = "".join(cell("th", i, _esc(h)) for i, h in enumerate(headers))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
+    )
+    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll">{table}</div>'
+
+
+def save_figure(
+    figure: Figure, out_dir: Path, name: str, title: str, caption: str
+) -> RenderedFigure:
+    """Write ``name.png`` and ``name.svg`` into ``out_dir`` and keep the PNG for embedding."""
+    buffer = BytesIO()
+    figure.savefig(buffer, format="png", dpi=figures.STYLE["savefig.dpi"])
+    png = buffer.getvalue()
+    (out_dir / f"{name}.png").write_bytes(png)
+    # Without a date (and with the style's fixed hash salt) the SVG is the same on every run.
+    figure.savefig(out_dir / f"{name}.svg", format="svg", metadata={"Date": None})
+    return RenderedFigure(name, title, caption, png, float(figure.get_figwidth()))
+
+
+def _figure_html(rendered: RenderedFigure) -> str:
+    encoded = base64.b64encode(rendered.png).decode("ascii")
+    # Shown at about the size it would print, never wider than the page.
+    width = round(rendered.width_inches * 125)
+    return (
+        f'<figure id="{_esc(rendered.name)}"><img src="data:image/png;base64,{encoded}" '
+        f'alt="{_esc(rendered.title)}" style="width: {width}px">'
+        f"<figcaption><strong>{_esc(rendered.title)}.</strong> {_esc(rendered.caption)} "
+        f'Files: <a href="{_esc(rendered.name)}.svg">SVG</a>, '
+        f'<a href="{_esc(rendered.name)}.png">PNG</a>.</figcaption></figure>'
+    )
+
+
+def software_versions() -> dict[str, str]:
+    """Python, the platform and the versions of the packages the results depend on."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _page(title: str, body: str) -> str:
+    return Template(_template("page.html")).substitute(
+        title=_esc(title),
+        style=_template("style.css"),
+        body=body,
+        version=_esc(software_versions()["batchscale"]),
+    )
+
+
+def _sign(maximize: bool) -> str:
+    """The comparison a trial must pass: strictly above or below the goal."""
+    return ">" if maximize else "<"
+
+
+def _fit_headline(fit: ScalingFit | None) -> str:
+    if fit is None:
+        return (
+            "<p>No fit: the goal was reached at fewer than two batch sizes. See the "
+            "warnings below.</p>"
+        )
+    cards = [
+        ("S<sub>min</sub> (fewest steps)", fit.s_min, fit.s_min_interval, False),
+        ("B<sub>crit</sub> (critical batch size)", fit.b_crit, fit.b_crit_interval, True),
+        (
+            "E<sub>min</sub> = S<sub>min</sub> B<sub>crit</sub> (fewest examples)",
+            fit.e_min,
+            fit.e_min_interval,
+            False,
+        ),
+    ]
+    blocks = "".join(
+        f'<div><div class="name">{name}</div><div class="value">{_number(value)}</div>'
+        f'<div class="interval">'
+        f"{_interval(interval, fit.b_crit_bounds if bounded else None) or 'no interval'}"
+        "</div></div>"
+        for name, value, interval, bounded in cards
+    )
+    note = (
+        f"Fit of S(B) = S<sub>min</sub> (1 + B<sub>crit</sub> / B) by least squares on log steps "
+        f"over {len(fit.batch_sizes)} batch sizes (rms log residual "
+        f"{fit.rms_log_residual:.3f}). Intervals: {round(fit.confidence * 100)}%, "
+        f"{_esc(fit.interval_method)}."
+    )
+    if fit.interval_method.startswith("bootstrap"):
+        note += (
+            " Steps to result is a minimum over trials, so resampled trials can only match or "
+            "exceed it: the interval shows how much the answer rests on the best few trials."
+        )
+    return f'<div class="headline">{blocks}</div><p>{note}</p>'
+
+
+def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
+    winners = analysis.winners
+    params = winner_metaparameters(winners)
+    if "effective_learning_rate" in winners.columns:
+        params.append("effective_learning_rate")
+    counts = analysis.outcomes.groupby(level="batch_size").value_counts().unstack(fill_value=0)
+    headers = [
+        "batch size",
+        "steps to result",
+        "examples to result",
+        "winner",
+        "validation",
+        "test",
+        *[PARAMETER_NAMES.get(p, p) for p in params],
+        "regime",
+        "reached / missed / diverged / pruned",
+    ]
+    timed = "train_time" in winners.columns
+    if timed:
+        headers.append("winner's train time (s)")
+    rows = []
+    for size in winners.index:
+        row = winners.loc[size]
+        tally = counts.loc[size] if size in counts.index else pd.Series(dtype=int)
+        regime = None if pd.isna(row["steps"]) else analysis.regimes.regime_of(float(size))
+        cells = [
+            _number(size),
+            _number(row["steps"]),
+            _number(row["examples"]),
+            "-" if pd.isna(row["trial_id"]) else str(int(row["trial_id"])),
+            _number(row.get("validation")),
+            _number(row.get("test")),
+            *[_number(row[p]) for p in params],
+            regime or "-",
+            " / ".join(str(int(tally.get(o, 0))) for o in OUTCOMES),
+        ]
+        if timed:
+            cells.append(_number(row["train_time"]))
+        rows.append(cells)
+    return headers, rows
+
+
+def _regimes_html(analysis: StudyAnalysis) -> str:
+    regimes = analysis.regimes
+    rows = [
+        [
+            f"{_number(regimes.batch_sizes[i])} → {_number(regimes.batch_sizes[i + 1])}",
+            f"{slope:.2f}",
+            f"{2.0**slope:.2f}",
+        ]
+        for i, slope in enumerate(regimes.slopes)
+    ]
+    table = (
+        _table(["batch sizes", "local slope", "steps ratio per doubling"], rows, text={0})
+        if rows
+        else ""
+    )
+    return f"<p>{_esc(regimes.describe())}</p>{table}"
+
+
+def _goals_html(analysis: StudyAnalysis) -> str:
+    sign = _sign(analysis.maximize)
+    rows = []
+    for curve in analysis.goal_curves:
+        if curve.chosen:
+            note = "the study's goal"
+        elif curve.censored:
+            note = "not measurable: trials stop at the study's goal"
+        else:
+            note = ""
+        rows.append(
+            [
+                _esc(f"{sign} {curve.goal:g}"),
+                f"{curve.reached} of {len(curve.batch_sizes)}",
+                "-" if curve.fit is None else _number(curve.fit.s_min),
+                "-" if curve.fit is None else _number(curve.fit.b_crit),
+                _esc(note),
+            ]
+        )
+    return (
+        "<p>Steps to result recomputed from the same measurements at goals around the chosen "
+        "one. Curves of the same shape (similar B<sub>crit</sub>) mean the result does not hang "
+        "on the exact goal.</p>"
+        + _table(["goal", "batch sizes reaching it", "S_min", "B_crit", "note"], rows, text={0, 4})
+    )
+
+
+def _warnings_html(analysis: StudyAnalysis) -> str:
+    if not analysis.warnings:
+        return '<p class="ok">No design check raised a warning.</p>'
+    items = "".join(
+        f'<li><span class="badge">{_esc(w.check.replace("_", " "))}</span>{_esc(w.message)}</li>'
+        for w in analysis.warnings
+    )
+    return f'<ul class="warnings">{items}</ul>'
+
+
+def _setting(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{key} = {item}" for key, item in value.items())
+    return str(value)
+
+
+def _settings_html(meta: dict[str, Any], store_path: Path) -> str:
+    shown = [
+        ("store", str(store_path)),
+        ("workload", meta.get("workload")),
+        ("optimizer", meta.get("optimizer")),
+        (
+            "metric",
+            f"val/{meta.get('metric')} ({'maximize' if meta.get('maximize') else 'minimize'})",
+        ),
+        ("goal", meta.get("target")),
+        ("batch sizes", ", ".join(str(b) for b in meta.get("batch_sizes", []))),
+        ("trials per batch size", meta.get("trials")),
+        ("budget", meta.get("budget")),
+        ("mode", meta.get("mode")),
+        ("engine", meta.get("engine")),
+        ("seed", meta.get("seed")),
+        ("evaluation growth", meta.get("eval_growth")),
+        ("divergence factor", meta.get("divergence_factor")),
+        ("store schema version", meta.get("schema_version")),
+    ]
+    settings = _table(
+        ["setting", "value"],
+        [[_esc(k), _esc(_setting(v))] for k, v in shown],
+        text={0, 1},
+    )
+    space = meta.get("search_space")
+    if space is None:
+        return settings
+    rows = [
+        [
+            _esc(d["name"]),
+            _esc(d["scale"]),
+            _esc(
+                "{" + ", ".join(f"{v:g}" for v in d["values"]) + "}"
+                if d["scale"] == "discrete"
+                else f"[{d['low']:g}, {d['high']:g}]"
+            ),
+        ]
+        for d in space["dimensions"]
+    ]
+    return (
+        settings
+        + "<h3>Search space</h3>"
+        + _table(["metaparameter", "scale", "range"], rows, text={0, 1, 2})
+    )
+
+
+def _versions_html() -> str:
+    return _table(
+        ["software", "version"],
+        [[_esc(k), _esc(v)] for k, v in software_versions().items()],
+        text={0, 1},
+    )
+
+
+def study_figures(
+    analysis: StudyAnalysis,
+    measurements: pd.DataFrame,
+    trials: pd.DataFrame,
+    out_dir: Path,
+    search_space: SearchSpace | None = None,
+) -> list[RenderedFigure]:
+    """Build, save and return the report's figures for one study."""
+    best_values = None
+    if "momentum" not in trials.columns:
+        grouped = measurements[analysis.metric].groupby(level=["batch_size", "trial_id"])
+        best_values = grouped.max() if analysis.maximize else grouped.min()
+    goal = f"{_sign(analysis.maximize)} {analysis.target:g}"
+    specs = [
+        (
+            "steps_to_result",
+            "Steps to result",
+            lambda: figures.steps_figure(analysis),
+            f"Fewest steps to reach {analysis.metric} {goal} at each batch size, each batch size "
+            "tuned separately. Dashed: perfect scaling from the smallest batch size; red: the "
+            "fitted S(B); shading: the regimes read off the measured local slopes.",
+        ),
+        (
+            "examples_to_result",
+            "Examples to result",
+            lambda: figures.steps_figure(analysis, examples=True),
+            "Examples consumed to reach the goal (steps times batch size). Flat means perfect "
+            "scaling: larger batches cost no extra data.",
+        ),
+        (
+            "winner_metaparameters",
+            "Winning metaparameters",
+            lambda: figures.metaparameters_figure(analysis),
+            "The winning trial's learning rate, 1 − momentum and effective learning rate "
+            "(learning rate / (1 − momentum)) at each batch size, against linear and square-root "
+            "scaling from the smallest batch size.",
+        ),
+        (
+            "trial_outcomes",
+            "Every trial",
+            lambda: figures.trial_outcomes_figure(analysis, trials, search_space, best_values),
+            "All trials of each batch size by outcome, the winner starred; axes span the search "
+            "space, so a star at the border means the range was too narrow. How many points "
+            "reach the goal shows how sensitive each batch size is to its metaparameters.",
+        ),
+        (
+            "validation_curves",
+            "Winners' validation curves",
+            lambda: figures.validation_curves_figure(analysis, measurements),
+            "Validation metric of each batch size's winner against step; trials stop once they "
+            "reach the goal.",
+        ),
+        (
+            "budgets",
+            "Best result under fixed budgets",
+            lambda: figures.budgets_figure(analysis),
+            "Best validation metric over all trials within the largest example budget (left) and "
+            "step budget (right) that every batch size had. Trials stop at the goal, so values "
+            "just past the goal mean the goal was reached within the budget.",
+        ),
+    ]
+    rendered = []
+    with figures.paper_style():
+        for name, title, build, caption in specs:
+            rendered.append(save_figure(build(), out_dir, name, title, caption))
+    return rendered
+
+
+def write_report(
+    store_path: Path | str,
+    out_dir: Path | str,
+    goals: Sequence[float] | None = None,
+    *,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Write ``out_dir/report.html`` and every figure as PNG and SVG; return the page's path.
+
+    ``goals`` are extra goals for the fragile-goal check (default: 10% easier and harder than
+    the study's goal). Raises ``StoreError`` for a path that is not a study and ``ValueError``
+    for a study without measurements.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store = StudyStore.open(store_path, read_only=True)
+    try:
+        meta = dict(store.metadata)
+        measurements = store.measurements()
+        trials = store.trials()
+        search_space = store_search_space(store)
+    finally:
+        store.close()
+    if measurements.empty:
+        raise ValueError(f"{store_path} holds no measurements yet; run the study first")
+    analysis = analyze(
+        measurements,
+        trials,
+        f"val/{meta['metric']}",
+        float(meta["target"]),
+        bool(meta["maximize"]),
+        search_space=search_space,
+        goals=goals,
+        bootstrap_samples=bootstrap_samples,
+        seed=seed,
+    )
+    rendered = study_figures(analysis, measurements, trials, out, search_space)
+    goal = f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"
+    title = f"{meta.get('workload')} / {meta.get('optimizer')}: steps to {goal}"
+    headers, rows = _summary_rows(analysis)
+    body = "".join(
+        [
+            f"<h1>{_esc(title)}</h1>",
+            f'<p class="lead">{len(trials)} trials over {len(analysis.batch_sizes)} batch sizes. '
+            "Steps to result: the fewest steps any trial at a batch size needed to get "
+            f"{_esc(goal)}.</p>",
+            "<h2>The scaling fit</h2>",
+            _fit_headline(analysis.fit),
+            "<h2>Regimes</h2>",
+            _regimes_html(analysis),
+            f"<h2>Design checks ({len(analysis.warnings)} warnings)</h2>",
+            _warnings_html(analysis),
+            "<h2>Steps to result per batch size</h2>",
+            _table(headers, rows),
+            f"<p>Validation and test: the winner's {_esc(analysis.metric.partition('/')[2])} "
+            "on each split at the step it reached the goal; the test value is the honest one, "
+            "since the winner was picked on validation data.</p>",
+            "<h2>Figures</h2>",
+            "".join(_figure_html(r) for r in rendered),
+            "<h2>Goals</h2>",
+            _goals_html(analysis),
+            "<h2>Study settings</h2>",
+            _settings_html(meta, Path(store_path)),
+            "<h2>Software</h2>",
+            _versions_html(),
+            f"<footer>Written by batchscale on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</footer>",
+        ]
+    )
+    page = out / REPORT_FILE
+    page.write_text(_page(title, body), encoding="utf-8")
+    return page
+
+
+def _study_label(meta: dict[str, Any]) -> str:
+    return f"{meta.get('workload')} / {meta.get('optimizer')}"
+
+
+def write_comparison(
+    store_paths: Sequence[Path | str],
+    out_dir: Path | str,
+    labels: Sequence[str] | None = None,
+    *,
+    bootstrap_samples: int = 1000,
+    seed: int = 0,
+) -> Path:
+    """Overlay several studies' steps to result and write ``out_dir/comparison.html``.
+
+    The figure shows the raw curves and the curves divided by each study's steps at its
+    smallest reached batch size (the paper's way of comparing workloads of different
+    lengths). ``labels`` default to "workload / optimizer", with the file name added where two
+    studies would share a label. Returns the page's path.
+    """
+    if not store_paths:
+        raise ValueError("compare needs at least one study")
+    if labels is not None and len(labels) != len(store_paths):
+        raise ValueError(f"got {len(labels)} labels for {len(store_paths)} studies")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    studies = []
+    for path in store_paths:
+        store = StudyStore.open(path, read_only=True)
+        try:
+            meta = dict(store.metadata)
+            measurements, trials = store.measurements(), store.trials()
+            search_space = store_search_space(store)
+        finally:
+            store.close()
+        if measurements.empty:
+            raise ValueError(f"{path} holds no measurements yet; run the study first")
+        analysis = analyze(
+            measurements,
+            trials,
+            f"val/{meta['metric']}",
+            float(meta["target"]),
+            bool(meta["maximize"]),
+            search_space=search_space,
+            bootstrap_samples=bootstrap_samples,
+            seed=seed,
+        )
+        studies.append((Path(path), meta, analysis))
+    names = list(labels) if labels is not None else [_study_label(m) for _, m, _ in studies]
+    if labels is None:
+        shared = {name for name in names if names.count(name) > 1}
+        names = [
+            f"{name} ({path.stem})" if name in shared else name
+            for name, (path, _, _) in zip(names, studies, strict=True)
+        ]
+    curves = {
+        name: (
+            analysis.winners.index.to_numpy(dtype=float),
+            analysis.winners["steps"].to_numpy(dtype=float, na_value=np.nan),
+        )
+        for name, (_, _, analysis) in zip(names, studies, strict=True)
+    }
+    with figures.paper_style():
+        rendered = save_figure(
+            figures.comparison_figure(curves),
+            out,
+            "comparison",
+            "Steps to result, compared",
+            "Left: steps to result of each study. Right: each curve divided by its steps at its "
+            "smallest reached batch size; the dashed line is perfect scaling.",
+        )
+    rows = []
+    for name, (path, _, analysis) in zip(names, studies, strict=True):
+        fit = analysis.fit
+        regimes = analysis.regimes
+        rows.append(
+            [
+                _esc(name),
+                _esc(path),
+                _esc(f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"),
+                f"{int(analysis.winners['steps'].notna().sum())} of {len(analysis.batch_sizes)}",
+                "-" if fit is None else f"{_number(fit.s_min)} {_interval(fit.s_min_interval)}",
+                "-"
+                if fit is None
+                else f"{_number(fit.b_crit)} {_interval(fit.b_crit_interval, fit.b_crit_bounds)}",
+                "-" if fit is None else _number(fit.e_min),
+                _number(regimes.perfect_until),
+                _number(regimes.maximal_from),
+                str(len(analysis.warnings)),
+            ]
+        )
+    table = _table(
+        [
+            "study",
+            "store",
+            "goal",
+            "batch sizes reaching it",
+            "S_min",
+            "B_crit",
+            "E_min",
+            "perfect scaling up to",
+            "no gain from",
+            "warnings",
+        ],
+        rows,
+        text={0, 1, 2},
+    )
+    title = "Comparison: " + ", ".join(names)
+    body = "".join(
+        [
+            f"<h1>{_esc(title)}</h1>",
+            f'<p class="lead">{len(studies)} studies; intervals in brackets (95%). Each '
+            "study's own report lists its design warnings.</p>",
+            table,
+            _figure_html(rendered),
+            "<h2>Software</h2>",
+            _versions_html(),
+            f"<footer>Written by batchscale on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.</footer>",
+        ]
+    )
+    page = out / COMPARISON_FILE
+    page.write_text(_page(title, body), encoding="utf-8")
+    return page

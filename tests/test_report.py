@@ -1,0 +1,302 @@
+"""The report's figures and pages: files, contents, and figures free of overlapping text."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import xml.etree.ElementTree as ElementTree
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.legend import Legend
+from matplotlib.transforms import Bbox
+
+from batchscale.analysis import analyze_store, fit_steps_to_result, regimes, store_search_space
+from batchscale.report import figures, write_comparison, write_report
+from batchscale.store import StudyStore
+from tests.synthetic_study import build_synthetic_store
+
+FIGURES = (
+    "steps_to_result",
+    "examples_to_result",
+    "winner_metaparameters",
+    "trial_outcomes",
+    "validation_curves",
+    "budgets",
+)
+
+
+class Images(HTMLParser):
+    """Collects <img> sources and any reference that would need a network or a script."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "img":
+            self.sources.append(values.get("src") or "")
+        if tag in {"script", "link", "iframe"}:
+            self.external.append(tag)
+        for name in ("src", "href"):
+            if (values.get(name) or "").startswith(("http:", "https:", "//")):
+                self.external.append(values[name] or "")
+
+
+def drawn_text_boxes(figure: Figure) -> tuple[list[Bbox], list[tuple[Legend, Axes | None]]]:
+    """Window extents of every drawn label, tick label and title, and the figure's legends."""
+    canvas = FigureCanvasAgg(figure)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    boxes = []
+    legends: list[tuple[Legend, Axes | None]] = [(lg, None) for lg in figure.legends]
+    for ax in figure.axes:
+        if not ax.get_visible():
+            continue
+        if ax.get_legend() is not None:
+            legends.append((ax.get_legend(), ax))
+        for axis, ticks_of in ((ax.xaxis, ax.get_xticklabels), (ax.yaxis, ax.get_yticklabels)):
+            low, high = sorted(axis.get_view_interval())
+            for which in ("major", "minor"):
+                locations = (
+                    axis.get_majorticklocs() if which == "major" else axis.get_minorticklocs()
+                )
+                for location, label in zip(locations, ticks_of(which=which), strict=False):
+                    inside = low * (1 - 1e-9) <= location <= high * (1 + 1e-9)
+                    if inside and label.get_visible() and label.get_text().strip():
+                        boxes.append(label.get_window_extent(renderer))
+        for text in (ax.xaxis.label, ax.yaxis.label, ax.title):
+            if text.get_visible() and text.get_text().strip():
+                boxes.append(text.get_window_extent(renderer))
+    return boxes, legends
+
+
+def assert_readable(figure: Figure) -> None:
+    """No two labels overlap, nothing is cut off, and no legend hides a data marker."""
+    boxes, legends = drawn_text_boxes(figure)
+    canvas_box = figure.bbox
+    legend_boxes = [lg.get_window_extent() for lg, _ in legends]
+    for box in boxes + legend_boxes:
+        assert box.x0 >= canvas_box.x0 - 1 and box.x1 <= canvas_box.x1 + 1, box
+        assert box.y0 >= canvas_box.y0 - 1 and box.y1 <= canvas_box.y1 + 1, box
+    for first, second in itertools.combinations(boxes + legend_boxes, 2):
+        overlap = Bbox.intersection(first, second)
+        assert overlap is None or overlap.width * overlap.height < 2.0, (first, second)
+    for legend, ax in legends:
+        frame = legend.get_window_extent()
+        for ax_ in [ax] if ax is not None else figure.axes:
+            for line in ax_.get_lines():
+                if line.get_marker() in (None, "None", "", " ") or not line.get_visible():
+                    continue
+                points = line.get_transform().transform(np.asarray(line.get_xydata()))
+                assert not any(frame.contains(x, y) for x, y in points), line.get_label()
+
+
+def test_report_writes_every_figure_as_png_and_svg(synthetic_report: Path) -> None:
+    assert synthetic_report.name == "report.html"
+    for name in FIGURES:
+        png = (synthetic_report.parent / f"{name}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+        root = ElementTree.parse(synthetic_report.parent / f"{name}.svg").getroot()
+        assert root.tag.endswith("svg")
+
+
+def test_report_page_is_self_contained(synthetic_report: Path) -> None:
+    page = synthetic_report.read_text(encoding="utf-8")
+    parser = Images()
+    parser.feed(page)
+    assert parser.external == []
+    assert len(parser.sources) == len(FIGURES)
+    for name, source in zip(FIGURES, parser.sources, strict=True):
+        prefix = "data:image/png;base64,"
+        assert source.startswith(prefix)
+        embedded = base64.b64decode(source.removeprefix(prefix))
+        assert embedded == (synthetic_report.parent / f"{name}.png").read_bytes()
+
+
+def test_report_page_says_what_the_study_found(synthetic_report: Path) -> None:
+    page = synthetic_report.read_text(encoding="utf-8")
+    for heading in (
+        "The scaling fit",
+        "Regimes",
+        "Design checks",
+        "Steps to result per batch size",
+        "Goals",
+        "Study settings",
+        "Software",
+    ):
+        assert f">{heading}" in page
+    assert "synthetic / momentum: steps to val/classification_error &lt; 0.1" in page
+    assert "bootstrap over trials (100 of 100 resamples fitted)" in page
+    assert "not measurable: trials stop at the study&#x27;s goal" in page
+    assert "reverse_log" in page and "matplotlib" in page
+    # One summary row per batch size, with its steps to result.
+    for size in (8, 16, 1024, 4096):
+        assert f"<td>{size:,}</td>" in page
+
+
+def test_report_on_a_trained_study(trained_store: Path, tmp_path: Path) -> None:
+    page = write_report(trained_store, tmp_path, goals=[0.6, 0.4], bootstrap_samples=50)
+    text = page.read_text(encoding="utf-8")
+    assert "nqm / momentum: steps to val/loss &lt; 0.5" in text
+    assert "&lt; 0.6" in text and "&lt; 0.4" in text
+    assert all((tmp_path / f"{name}.svg").exists() for name in FIGURES)
+
+
+def test_report_when_no_batch_size_reaches_the_goal(tmp_path: Path) -> None:
+    store = build_synthetic_store(tmp_path / "hard.sqlite", batch_sizes=(8, 64), trials=4)
+    opened = StudyStore.open(store)
+    opened.set_metadata("target", 0.001)
+    opened.close()
+    page = write_report(store, tmp_path / "out", bootstrap_samples=10)
+    text = page.read_text(encoding="utf-8")
+    assert "No fit: the goal was reached at fewer than two batch sizes" in text
+    assert "no trial reached the goal at batch sizes 8, 64" in text
+    assert all((tmp_path / "out" / f"{name}.png").exists() for name in FIGURES)
+
+
+def test_report_refuses_an_empty_study(tmp_path: Path) -> None:
+    empty = StudyStore.create(
+        tmp_path / "empty.sqlite",
+        {"workload": "w", "metric": "error", "target": 0.1, "maximize": False},
+        ["val/error"],
+    )
+    empty.close()
+    with pytest.raises(ValueError, match="no measurements"):
+        write_report(tmp_path / "empty.sqlite", tmp_path / "out")
+
+
+def test_comparison_page(synthetic_store: Path, trained_store: Path, tmp_path: Path) -> None:
+    page = write_comparison(
+        [synthetic_store, trained_store, synthetic_store], tmp_path, bootstrap_samples=20
+    )
+    assert page.name == "comparison.html"
+    text = page.read_text(encoding="utf-8")
+    # The same study twice gets the file name to tell the rows apart.
+    assert text.count("synthetic / momentum (synthetic)") >= 2
+    assert "nqm / momentum" in text
+    parser = Images()
+    parser.feed(text)
+    assert len(parser.sources) == 1 and parser.external == []
+    assert (tmp_path / "comparison.svg").exists()
+    with pytest.raises(ValueError, match="labels"):
+        write_comparison([synthetic_store], tmp_path, labels=["a", "b"])
+
+
+@pytest.mark.parametrize("store", ["synthetic_store", "trained_store"])
+def test_report_figures_have_no_overlapping_text(
+    store: str, request: pytest.FixtureRequest
+) -> None:
+    path = request.getfixturevalue(store)
+    analysis = analyze_store(path, bootstrap_samples=0)
+    opened = StudyStore.open(path, read_only=True)
+    try:
+        measurements, trials = opened.measurements(), opened.trials()
+        space = store_search_space(opened)
+    finally:
+        opened.close()
+    with figures.paper_style():
+        built = [
+            figures.steps_figure(analysis),
+            figures.steps_figure(analysis, examples=True),
+            figures.metaparameters_figure(analysis),
+            figures.trial_outcomes_figure(analysis, trials, space),
+            figures.validation_curves_figure(analysis, measurements),
+            figures.budgets_figure(analysis),
+            figures.comparison_figure(
+                {
+                    "a much longer label for the first study": (
+                        analysis.winners.index,
+                        analysis.winners["steps"],
+                    ),
+                    "second": (analysis.winners.index, analysis.winners["steps"] * 3),
+                }
+            ),
+        ]
+    for figure in built:
+        assert_readable(figure)
+
+
+def test_trial_outcomes_for_plain_sgd(synthetic_store: Path) -> None:
+    analysis = analyze_store(synthetic_store, bootstrap_samples=0)
+    opened = StudyStore.open(synthetic_store, read_only=True)
+    try:
+        measurements, trials = opened.measurements(), opened.trials()
+    finally:
+        opened.close()
+    best = measurements["val/classification_error"].groupby(["batch_size", "trial_id"]).min()
+    with figures.paper_style():
+        figure = figures.trial_outcomes_figure(
+            analysis, trials.drop(columns=["momentum"]), None, best
+        )
+    assert figure.axes[0].get_ylabel() == "Best validation metric"
+    assert_readable(figure)
+
+
+def test_readability_check_catches_crowded_labels_and_hidden_points() -> None:
+    crowded = Figure(figsize=(3, 2), layout="constrained")
+    ax = crowded.add_subplot()
+    ax.set_xticks(np.linspace(0, 1, 40))
+    with pytest.raises(AssertionError):
+        assert_readable(crowded)
+    hidden = Figure(figsize=(3, 2), layout="constrained")
+    ax = hidden.add_subplot()
+    ax.plot([0.0, 0.5, 1.0], [0.0, 0.5, 1.0], "o", label="data")
+    ax.legend(loc="center")
+    with pytest.raises(AssertionError, match="data"):
+        assert_readable(hidden)
+
+
+def test_plot_steps_to_result_draws_on_the_callers_axes() -> None:
+    sizes = np.array([8.0, 16.0, 32.0, 64.0, 128.0])
+    steps = pd.array([800.0, 400.0, 210.0, 130.0, None], dtype="Float64")
+    fit = fit_steps_to_result(sizes, steps)
+    figure = Figure()
+    ax = figure.add_subplot()
+    figures.plot_steps_to_result(ax, sizes, steps, fit=fit, regimes=regimes(sizes, steps))
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    measured = lines["measured"]
+    assert list(measured.get_xdata()) == [8.0, 16.0, 32.0, 64.0]
+    reference = lines["perfect scaling"]
+    x, y = np.asarray(reference.get_xdata()), np.asarray(reference.get_ydata())
+    np.testing.assert_allclose(x * y, 800.0 * 8.0)
+    assert any(label.startswith("fit: $S_{min}$=") for label in lines)
+    assert list(lines["goal not reached"].get_xdata()) == [128.0]
+    legend_labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "perfect scaling" in legend_labels and "diminishing returns" in legend_labels
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+
+
+def test_plot_trial_outcomes_stars_the_winner() -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    figures.plot_trial_outcomes(
+        ax,
+        [0.1, 0.2, 0.3, 0.4],
+        [0.1, 0.01, 0.05, 0.2],
+        ["reached", "missed", "diverged", "pruned"],
+        winner=0,
+    )
+    collections = {c.get_label(): c for c in ax.collections}
+    assert set(collections) == {"reached goal", "missed goal", "diverged", "pruned", "winner"}
+    np.testing.assert_allclose(collections["winner"].get_offsets(), [[0.1, 0.1]])
+
+
+def test_plot_winner_metaparameter_references() -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    lines = figures.plot_winner_metaparameter(
+        ax, [16, 64, 256], [0.1, 0.4, 1.6], ylabel="Learning rate"
+    )
+    by_label = {line.get_label(): line for line in lines}
+    linear, root = by_label["linear scaling"], by_label["square-root scaling"]
+    assert linear.get_ydata()[-1] == pytest.approx(1.6)
+    assert root.get_ydata()[-1] == pytest.approx(0.4)
