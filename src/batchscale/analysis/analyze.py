@@ -141,37 +141,61 @@ def store_search_space(store: StudyStore) -> SearchSpace | None:
     return None if stored is None else SearchSpace.model_validate(stored)
 
 
-def analyze_store(
-    store: StudyStore | Path | str,
-    goals: Sequence[float] | None = None,
-    **options: Any,
-) -> StudyAnalysis:
-    """``analyze`` on a stored study, with its metric, goal, direction and search space.
+@dataclass
+class StoredStudy:
+    """A study's tables and settings, read from its store once."""
 
-    ``store`` may be an open ``StudyStore`` or a path (opened read-only and closed again).
-    ``options`` are passed on to ``analyze`` (``bootstrap_samples``, ``seed``, ...).
-    """
-    opened = store if isinstance(store, StudyStore) else StudyStore.open(store, read_only=True)
-    try:
-        meta = opened.metadata
-        measurements = opened.measurements()
-        if measurements.empty:
-            raise ValueError(f"{opened.path} holds no measurements yet; run the study first")
+    path: Path
+    meta: dict[str, Any]
+    measurements: pd.DataFrame
+    trials: pd.DataFrame
+    search_space: SearchSpace | None
+
+    @classmethod
+    def read(cls, store: StudyStore | Path | str) -> StoredStudy:
+        """Read ``store`` (an open ``StudyStore``, or a path opened read-only and closed)."""
+        opened = store if isinstance(store, StudyStore) else StudyStore.open(store, read_only=True)
+        try:
+            return cls(
+                path=opened.path,
+                meta=dict(opened.metadata),
+                measurements=opened.measurements(),
+                trials=opened.trials(),
+                search_space=store_search_space(opened),
+            )
+        finally:
+            if opened is not store:
+                opened.close()
+
+    def analyze(self, goals: Sequence[float] | None = None, **options: Any) -> StudyAnalysis:
+        """``analyze`` with the study's own metric, goals, stop rule, mode and search space.
+
+        ``options`` are passed on to ``analyze`` (``bootstrap_samples``, ``seed``, ...).
+        """
+        if self.measurements.empty:
+            raise ValueError(f"{self.path} holds no measurements yet; run the study first")
+        meta = self.meta
         return analyze(
-            measurements,
-            opened.trials(),
+            self.measurements,
+            self.trials,
             f"val/{meta['metric']}",
             float(meta["target"]),
             bool(meta["maximize"]),
-            search_space=store_search_space(opened),
+            search_space=self.search_space,
             goals=goals if goals is not None else meta.get("goals"),
             stop_target=meta.get("stop_target"),
             raced=meta.get("mode") == "race",
             **options,
         )
-    finally:
-        if opened is not store:
-            opened.close()
+
+
+def analyze_store(
+    store: StudyStore | Path | str,
+    goals: Sequence[float] | None = None,
+    **options: Any,
+) -> StudyAnalysis:
+    """``analyze`` on a stored study (see ``StoredStudy.analyze``)."""
+    return StoredStudy.read(store).analyze(goals, **options)
 
 
 def fit_and_warnings(

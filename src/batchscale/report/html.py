@@ -23,12 +23,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from batchscale.analysis.analyze import StudyAnalysis, analyze, store_search_space
+from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
 from batchscale.analysis.scaling import ScalingFit
 from batchscale.analysis.winners import OUTCOMES, winner_metaparameters
 from batchscale.report import figures
 from batchscale.search import SearchSpace
-from batchscale.store import StudyStore
 
 REPORT_FILE = "report.html"
 COMPARISON_FILE = "comparison.html"
@@ -437,27 +436,10 @@ def write_report(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    store = StudyStore.open(store_path, read_only=True)
-    try:
-        meta = dict(store.metadata)
-        measurements = store.measurements()
-        trials = store.trials()
-        search_space = store_search_space(store)
-    finally:
-        store.close()
-    if measurements.empty:
-        raise ValueError(f"{store_path} holds no measurements yet; run the study first")
-    analysis = analyze(
-        measurements,
-        trials,
-        f"val/{meta['metric']}",
-        float(meta["target"]),
-        bool(meta["maximize"]),
-        search_space=search_space,
-        goals=goals,
-        bootstrap_samples=bootstrap_samples,
-        seed=seed,
-    )
+    study = StoredStudy.read(store_path)
+    analysis = study.analyze(goals, bootstrap_samples=bootstrap_samples, seed=seed)
+    meta, measurements, trials = study.meta, study.measurements, study.trials
+    search_space = study.search_space
     rendered = study_figures(analysis, measurements, trials, out, search_space)
     goal = f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"
     title = f"{meta.get('workload')} / {meta.get('optimizer')}: steps to {goal}"
@@ -522,26 +504,9 @@ def write_comparison(
     out.mkdir(parents=True, exist_ok=True)
     studies = []
     for path in store_paths:
-        store = StudyStore.open(path, read_only=True)
-        try:
-            meta = dict(store.metadata)
-            measurements, trials = store.measurements(), store.trials()
-            search_space = store_search_space(store)
-        finally:
-            store.close()
-        if measurements.empty:
-            raise ValueError(f"{path} holds no measurements yet; run the study first")
-        analysis = analyze(
-            measurements,
-            trials,
-            f"val/{meta['metric']}",
-            float(meta["target"]),
-            bool(meta["maximize"]),
-            search_space=search_space,
-            bootstrap_samples=bootstrap_samples,
-            seed=seed,
-        )
-        studies.append((Path(path), meta, analysis))
+        study = StoredStudy.read(path)
+        analysis = study.analyze(bootstrap_samples=bootstrap_samples, seed=seed)
+        studies.append((Path(path), study.meta, analysis))
     names = list(labels) if labels is not None else [_study_label(m) for _, m, _ in studies]
     if labels is None:
         shared = {name for name in names if names.count(name) > 1}
