@@ -172,7 +172,7 @@ def test_report_and_compare_commands(
     code, out, _ = run_cli(["report", str(tiny_store), "--out", str(tmp_path / "r")], capsys)
     assert code == 0 and (tmp_path / "r" / "report.html").is_file()
     assert list((tmp_path / "r").glob("*.png")) and list((tmp_path / "r").glob("*.svg"))
-    code, out, _ = run_cli(
+    code, _, _ = run_cli(
         ["compare", str(tiny_store), str(tiny_store), "--out", str(tmp_path / "c"),
          "--labels", "first,second"],
         capsys,
@@ -192,3 +192,38 @@ def test_run_writes_the_report_beside_the_store(
     assert code == 0
     assert (tmp_path / "s-report" / "report.html").is_file()
     assert "report written to" in out
+
+
+def test_nqm_prediction_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["nqm", "--optimizer", "momentum", "--batch-sizes", "1,64,4096", "--json"]
+    code, out, _ = run_cli([*args, "--out", str(tmp_path)], capsys)
+    assert code == 0
+    rows = json.loads(out)["batch_sizes"]
+    assert [row["batch_size"] for row in rows] == [1, 64, 4096]
+    assert {"steps_to_result", "learning_rate", "momentum"} <= rows[0].keys()
+    steps = [row["steps_to_result"] for row in rows]
+    assert steps[0] > steps[1] > steps[2]
+    assert (tmp_path / "nqm.png").is_file() and (tmp_path / "nqm.svg").is_file()
+    code, _, err = run_cli(["nqm", "--optimizer", "adam"], capsys)
+    assert code == 2 and "known: sgd, momentum" in err
+
+
+def test_noise_scale_command(tiny_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(
+        ["noise-scale", "--workload", "nqm", "--batch-size", "8", "--steps", "30", "--json",
+         "--device", "cpu"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0
+    trace = json.loads(out)
+    assert trace["b_simple"] > 0 and trace["points"]
+    assert {"step", "b_simple"} <= trace["points"][0].keys()
+    shown = json.loads(run_cli(["show", str(tiny_store), "--json"], capsys)[1])
+    reached = [r["batch_size"] for r in shown["batch_sizes"] if r["steps_to_result"]]
+    code, out, _ = run_cli(
+        ["noise-scale", "--study", str(tiny_store), "--batch-size", str(reached[0]), "--json"],
+        capsys,
+    )
+    assert code == 0 and json.loads(out)["batch_size"] == reached[0]
+    code, _, err = run_cli(["noise-scale", "--study", str(tiny_store)], capsys)
+    assert code == 2 and "--batch-size" in err

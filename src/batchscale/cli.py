@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -414,6 +415,158 @@ def import_batch_science_command(
         print_summary(summarize(opened, opened.metadata["metric"]), console)
     finally:
         opened.close()
+
+
+def parse_batch_sizes(text: str) -> list[int]:
+    """``"16,32"`` -> ``[16, 32]``, refusing anything but positive integers."""
+    sizes = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part.isdigit() or int(part) <= 0:
+            raise UserError(f"batch size '{part}' is not a positive integer")
+        sizes.append(int(part))
+    if not sizes:
+        raise UserError("give at least one batch size, e.g. 16,32,64")
+    return sorted(set(sizes))
+
+
+@app.command()
+def nqm(
+    optimizer: Annotated[str, typer.Option(help="sgd or momentum (heavy ball).")] = "sgd",
+    dims: Annotated[int, typer.Option(min=1, help="Dimensions d (h_i = 1/i).")] = 100,
+    gamma: Annotated[
+        float, typer.Option(min=0.0, help="Preconditioning P = H^-gamma (0: none).")
+    ] = 0.0,
+    target: Annotated[float, typer.Option(help="Expected loss to reach.")] = 0.05,
+    batch_sizes: Annotated[
+        str, typer.Option("--batch-sizes", help="Comma-separated batch sizes.")
+    ] = "1,4,16,64,256,1024,4096,16384",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Write nqm.png and nqm.svg of the curve here.")
+    ] = None,
+) -> None:
+    """Predict steps to result on the noisy quadratic model, in closed form."""
+    from batchscale.analysis.nqm import predicted_curve
+
+    if optimizer not in ("sgd", "momentum"):
+        raise UserError(f"unknown optimizer '{optimizer}' for the NQM; known: sgd, momentum")
+    sizes = parse_batch_sizes(batch_sizes)
+    try:
+        prediction = predicted_curve(
+            sizes,
+            optimizer="sgd" if optimizer == "sgd" else "momentum",
+            dims=dims,
+            gamma=gamma,
+            target=target,
+        )
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if out is not None:
+        from batchscale.report.nqm_figures import nqm_figure
+
+        out.mkdir(parents=True, exist_ok=True)
+        figure = nqm_figure([prediction])
+        for suffix in ("png", "svg"):
+            figure.savefig(out / f"nqm.{suffix}", dpi=150)
+    if as_json:
+        typer.echo(json.dumps(prediction.to_dict(), indent=2))
+        return
+    table = Table(
+        title=escape(
+            f"NQM ({dims} dims, gamma {gamma:g}), {optimizer}: steps to E[loss] < {target:g}"
+        )
+    )
+    for column in ("batch size", "steps to result", "learning rate", "momentum"):
+        table.add_column(column, justify="right")
+    for point in prediction.to_dict()["batch_sizes"]:
+        steps = point["steps_to_result"]
+        table.add_row(
+            str(point["batch_size"]),
+            "-" if steps is None else str(steps),
+            f"{point['learning_rate']:.4g}",
+            f"{point['momentum']:.4g}",
+        )
+    console.print(table)
+    if out is not None:
+        console.print(f"figure written to {out / 'nqm.png'}")
+
+
+@app.command("noise-scale")
+def noise_scale(
+    workload: Annotated[str | None, typer.Option(help="Workload name.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option("--batch-size", min=1, help="Batch size to train at.")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="TOML study config (workload, optimizer).")
+    ] = None,
+    study: Annotated[
+        Path | None,
+        typer.Option(help="Measure along this study's winning trial at --batch-size."),
+    ] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd, momentum or nesterov.")] = None,
+    learning_rate: Annotated[
+        float, typer.Option("--learning-rate", min=0.0, help="Without --study.")
+    ] = 0.05,
+    momentum: Annotated[float, typer.Option(min=0.0, max=0.9999, help="Without --study.")] = 0.9,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Updates to train (default: 1000).")
+    ] = None,
+    method: Annotated[
+        str, typer.Option(help="auto, per_example (torch.func) or two_batch.")
+    ] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Measure the gradient noise scale B_simple = tr(Sigma) / |G|^2 along a training run."""
+    from batchscale.study import noise_scale_of_winner, resolve_device
+    from batchscale.training.noise import measure_noise_scale
+
+    if method not in ("auto", "per_example", "two_batch"):
+        raise UserError(f"unknown method '{method}'; known: auto, per_example, two_batch")
+    if study is not None:
+        if batch_size is None:
+            raise UserError("--study needs --batch-size: whose winner to follow")
+        trace = noise_scale_of_winner(study, batch_size, method=method, device=device)
+    else:
+        settings = build_config(config, workload=workload, optimizer=optimizer, device=device)
+        try:
+            chosen = get_workload(settings.workload)
+        except ValueError as error:
+            raise UserError(str(error)) from None
+        size = batch_size or settings.batch_sizes[0]
+        params = {"learning_rate": learning_rate}
+        if settings.optimizer != "sgd":
+            params["momentum"] = momentum
+        trace = measure_noise_scale(
+            chosen,
+            params,
+            settings.optimizer,
+            size,
+            steps or 1000,
+            seed=seed,
+            device=resolve_device(settings.device),
+            method=method,  # type: ignore[arg-type]
+        )
+    if as_json:
+        typer.echo(json.dumps(trace.to_dict(), indent=2))
+        return
+    table = Table(title=f"gradient noise scale ({trace.method})")
+    for column in ("step", "B_simple", "|G|^2", "tr(Sigma)", "train loss"):
+        table.add_column(column, justify="right")
+    for point in trace.points:
+        table.add_row(
+            str(point.step),
+            f"{point.b_simple:.4g}",
+            f"{point.grad_sq_norm:.4g}",
+            f"{point.trace_sigma:.4g}",
+            f"{point.train_loss:.4g}",
+        )
+    console.print(table)
+    console.print(f"B_simple averaged over training: {trace.b_simple:.4g}")
+    if trace.note:
+        console.print(trace.note)
 
 
 def main(argv: list[str] | None = None) -> int:

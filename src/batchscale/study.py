@@ -21,6 +21,7 @@ from batchscale.search import derive_seed
 from batchscale.store import StoreError, StudyStore
 from batchscale.training.engine import run_cohort
 from batchscale.training.evaluation import evaluation_steps, metric_columns
+from batchscale.training.noise import NoiseScaleTrace, measure_noise_scale
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads import Workload, get_workload
 
@@ -305,6 +306,52 @@ class Study:
     def metric_column(self) -> str:
         """The validation column that defines the goal."""
         return f"val/{self.workload.metric.name}"
+
+
+def noise_scale_of_winner(
+    store_path: Path | str,
+    batch_size: int,
+    method: str = "auto",
+    device: str = "auto",
+    workload: Workload | None = None,
+) -> NoiseScaleTrace:
+    """B_simple along the winning trial of ``batch_size``, up to its steps to result.
+
+    The run repeats the winner step for step (same seed, metaparameters and budget).
+    ``workload`` is needed for a user's own workload; built-in ones are found by name.
+    """
+    store = StudyStore.open(store_path, read_only=True)
+    try:
+        meta = store.metadata
+        trials = store.trials()
+        result = steps_to_result(
+            store.measurements(), f"val/{meta['metric']}", meta["target"], meta["maximize"]
+        )
+    finally:
+        store.close()
+    if batch_size not in result.index or pd.isna(result.loc[batch_size, "steps"]):
+        raise ConfigError(
+            f"no trial reached the goal at batch size {batch_size} in {store_path}; "
+            f"choose one of {[int(b) for b in result.dropna().index]}"
+        )
+    if workload is None:
+        try:
+            workload = get_workload(meta["workload"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    winner = trials.loc[(batch_size, int(result.loc[batch_size, "trial_id"]))]
+    names = [d["name"] for d in meta["search_space"]["dimensions"]]
+    return measure_noise_scale(
+        workload,
+        {name: float(winner[name]) for name in names if not pd.isna(winner[name])},
+        meta["optimizer"],
+        batch_size,
+        max(1, int(result.loc[batch_size, "steps"])),
+        seed=int(winner["seed"]),
+        device=resolve_device(device),
+        method=method,  # type: ignore[arg-type]
+        step_budget=int(winner["step_budget"]),
+    )
 
 
 def best_bound(
