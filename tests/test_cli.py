@@ -169,7 +169,7 @@ def test_show_json_has_fit_and_warnings(
 def test_report_and_compare_commands(
     tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run_cli(["report", str(tiny_store), "--out", str(tmp_path / "r")], capsys)
+    code, _, _ = run_cli(["report", str(tiny_store), "--out", str(tmp_path / "r")], capsys)
     assert code == 0 and (tmp_path / "r" / "report.html").is_file()
     assert list((tmp_path / "r").glob("*.png")) and list((tmp_path / "r").glob("*.svg"))
     code, _, _ = run_cli(
