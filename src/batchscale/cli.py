@@ -24,7 +24,7 @@ from batchscale.config import ConfigError, build_config
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
 from batchscale.training.trial import TrialResult
-from batchscale.workloads import get_workload, workload_names
+from batchscale.workloads import DataUnavailableError, get_workload, workload_names
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
@@ -110,15 +110,46 @@ def print_summary(summary: StudySummary, out: Console) -> None:
     for column in ("batch size", "steps to result", "best trial", "metaparameters"):
         table.add_column(column, justify="right" if column != "metaparameters" else "left")
     table.add_column("reached / diverged / pruned / total", justify="right")
+    timed = any(row.step_time is not None for row in summary.batch_sizes)
+    replicated = any(row.replicates for row in summary.batch_sizes)
+    if timed:
+        table.add_column("step time", justify="right")
+        table.add_column("time to result", justify="right")
+    if replicated:
+        table.add_column("replicates: median [min, max]", justify="right")
     for row in summary.batch_sizes:
-        table.add_row(
+        cells = [
             str(row.batch_size),
             "-" if row.steps_to_result is None else str(row.steps_to_result),
             "-" if row.best_trial is None else str(row.best_trial),
             _format_params(row.best_params),
             f"{row.reached} / {row.diverged} / {row.pruned} / {row.trials}",
-        )
+        ]
+        if timed:
+            cells.append(_format_seconds(row.step_time))
+            cells.append(_format_seconds(row.time_to_result))
+        if replicated:
+            cells.append(_format_replicates(row.replicates, row.replicate_median))
+        table.add_row(*cells)
     out.print(table)
+
+
+def _format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"
+
+
+def _format_replicates(steps: list[int | None] | None, median: float | None) -> str:
+    if not steps:
+        return "-"
+    reached = [s for s in steps if s is not None]
+    middle = "never" if median is None else f"{median:g}"
+    spread = f" [{min(reached)}, {max(reached)}]" if reached else ""
+    missed = len(steps) - len(reached)
+    return f"{middle}{spread}" + (f", {missed}/{len(steps)} missed" if missed else "")
 
 
 @app.command()
@@ -168,6 +199,13 @@ def run(
     report: Annotated[
         bool, typer.Option("--report/--no-report", help="Write the HTML report at the end.")
     ] = True,
+    noise_scale: Annotated[
+        bool | None,
+        typer.Option(
+            "--noise-scale/--no-noise-scale",
+            help="Measure the gradient noise scale along each batch size's winner.",
+        ),
+    ] = None,
 ) -> None:
     """Run (or resume) a study and print its summary."""
     settings = build_config(
@@ -184,6 +222,7 @@ def run(
         mode=mode,
         engine=engine,
         eval_growth=eval_growth,
+        noise_scale=noise_scale,
     )
     study = Study(settings, store)
     progress = BarProgress()
@@ -272,6 +311,15 @@ def report_command(
     goals: Annotated[
         str | None, typer.Option(help="Goals for the fragile-goal check, comma-separated.")
     ] = None,
+    devices: Annotated[
+        int, typer.Option(min=1, help="Devices to project time to result onto.")
+    ] = 8,
+    bandwidth_gbps: Annotated[
+        float, typer.Option("--bandwidth-gbps", min=1e-6, help="All-reduce link, GB/s.")
+    ] = 10.0,
+    latency_us: Annotated[
+        float, typer.Option("--latency-us", min=0.0, help="All-reduce message latency, µs.")
+    ] = 10.0,
 ) -> None:
     """Write a self-contained HTML report with every figure as PNG and SVG."""
     from batchscale.report import write_report
@@ -279,7 +327,14 @@ def report_command(
     goal_list = parse_goals(goals)
     StudyStore.open(store, read_only=True).close()
     try:
-        page = write_report(store, out or default_report_dir(store), goal_list)
+        page = write_report(
+            store,
+            out or default_report_dir(store),
+            goal_list,
+            devices=devices,
+            bandwidth=bandwidth_gbps * 1e9,
+            latency=latency_us * 1e-6,
+        )
     except ValueError as error:
         raise UserError(str(error)) from None
     console.print(f"report written to {page}")
@@ -427,6 +482,32 @@ def parse_batch_sizes(text: str) -> list[int]:
     if not sizes:
         raise UserError("give at least one batch size, e.g. 16,32,64")
     return sorted(set(sizes))
+
+
+@app.command()
+def replicate(
+    store: Annotated[Path, typer.Argument(help="A study file written by 'batchscale run'.")],
+    seeds: Annotated[int, typer.Option(min=1, help="New seeds per batch size's winner.")] = 5,
+    report: Annotated[
+        bool, typer.Option("--report/--no-report", help="Rewrite the report at the end.")
+    ] = True,
+) -> None:
+    """Re-run every winner with new seeds: the spread of steps to result (winner's curse)."""
+    study = Study.from_store(store)
+    progress = BarProgress()
+    try:
+        study.replicate(seeds, progress)
+    finally:
+        progress.stop()
+    opened = StudyStore.open(store, read_only=True)
+    try:
+        print_summary(summarize(opened, opened.metadata["metric"]), console)
+    finally:
+        opened.close()
+    if report:
+        from batchscale.report import write_report
+
+        console.print(f"report written to {write_report(store, default_report_dir(store))}")
 
 
 @app.command()
@@ -580,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" (see 'batchscale {error.ctx.info_name} --help')" if error.ctx else ""
         print(f"error: {error.format_message()}{hint}".replace("\n", " "), file=sys.stderr)
         return 2
-    except (ConfigError, StoreError, UserError) as error:
+    except (ConfigError, StoreError, UserError, DataUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

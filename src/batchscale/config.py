@@ -40,6 +40,7 @@ class StudyConfig(BaseModel):
     engine: Literal["cohort", "reference"] = "cohort"
     eval_growth: float = Field(default=1.1, gt=1.0, le=4.0)
     divergence_factor: float = Field(default=10.0, gt=1.0)
+    noise_scale: bool = False
 
     @field_validator("batch_sizes", mode="before")
     @classmethod

@@ -19,11 +19,12 @@ from batchscale.analysis.steps_to_result import steps_to_result, trials_reaching
 from batchscale.config import ConfigError, StudyConfig
 from batchscale.search import derive_seed
 from batchscale.store import StoreError, StudyStore
-from batchscale.training.engine import run_cohort
+from batchscale.training.engine import first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps, metric_columns
 from batchscale.training.noise import NoiseScaleTrace, measure_noise_scale
+from batchscale.training.timing import measure_step_time
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
-from batchscale.workloads import Workload, get_workload
+from batchscale.workloads import Data, Workload, get_workload
 
 # Settings that define what a study measures: a stored study must agree on all of them.
 IDENTITY_KEYS = (
@@ -42,6 +43,10 @@ IDENTITY_KEYS = (
 )
 
 
+# Seeds of replicates come from their own stream, apart from every trial's seed.
+REPLICATE_STREAM = 1_000_000
+
+
 @dataclass
 class BatchSizeSummary:
     """One batch size's outcome."""
@@ -54,6 +59,20 @@ class BatchSizeSummary:
     reached: int
     diverged: int
     pruned: int
+    step_time: float | None = None
+    time_to_result: float | None = None
+    replicates: list[int | None] | None = None
+
+    @property
+    def replicate_median(self) -> float | None:
+        """Median steps to result of the winner's replicates (a replicate that never reached
+        the goal counts as infinitely slow); ``None`` without replicates."""
+        if not self.replicates:
+            return None
+        steps = sorted(math.inf if s is None else s for s in self.replicates)
+        middle = len(steps) // 2
+        value = steps[middle] if len(steps) % 2 else (steps[middle - 1] + steps[middle]) / 2
+        return None if math.isinf(value) else float(value)
 
 
 @dataclass
@@ -79,7 +98,9 @@ class StudySummary:
             "maximize": self.maximize,
             "mode": self.mode,
             "engine": self.engine,
-            "batch_sizes": [vars(row) for row in self.batch_sizes],
+            "batch_sizes": [
+                {**vars(row), "replicate_median": row.replicate_median} for row in self.batch_sizes
+            ],
         }
 
 
@@ -163,6 +184,18 @@ class Study:
             maximize=maximize,
             divergence_factor=config.divergence_factor,
         )
+
+    @classmethod
+    def from_store(cls, store: Path | str, workload: Workload | None = None) -> Study:
+        """The study a store was run with (its settings are kept in the store)."""
+        opened = StudyStore.open(store, read_only=True)
+        try:
+            settings = opened.metadata.get("config")
+        finally:
+            opened.close()
+        if settings is None:
+            raise StoreError(f"{store} records no study settings (an imported study?)")
+        return cls(StudyConfig(**settings), store, workload)
 
     # -- planning -------------------------------------------------------------------------
 
@@ -250,6 +283,10 @@ class Study:
                 store.set_metadata("batch_sizes", planned)
                 store.set_metadata("trials", max(store.metadata["trials"], self.config.trials))
                 store.set_metadata("engine", self.config.engine)
+                store.set_metadata("config", self.config.model_dump(mode="json"))
+                if "parameters" not in store.metadata:
+                    model = self.workload.make_model()
+                    store.set_metadata("parameters", sum(p.numel() for p in model.parameters()))
                 finished = store.finished_trials()
                 pending = {
                     b: [s for s in self.trial_specs(b) if (b, s.trial_id) not in finished]
@@ -259,18 +296,138 @@ class Study:
                 progress.start(total, total - sum(len(specs) for specs in pending.values()))
                 data = self.workload.data().to(self.device)
                 for batch_size, specs in pending.items():
-                    if not specs:
-                        continue
                     progress.batch_size(batch_size)
-                    self._run_batch_size(store, data, batch_size, specs, progress)
+                    if specs:
+                        self._run_batch_size(store, data, batch_size, specs, progress)
+                    self._record_step_time(store, data, batch_size)
+                if self.config.noise_scale:
+                    self._record_noise_scales(store)
             return summarize(store, self.workload.metric.name)
         finally:
             store.close()
 
+    def _record_step_time(self, store: StudyStore, data: Data, batch_size: int) -> None:
+        """Measure one model's step time at ``batch_size`` once per study and device."""
+        times = dict(store.metadata.get("step_times", {}))
+        if str(batch_size) in times and times[str(batch_size)]["device"] == str(self.device):
+            return
+        measured = measure_step_time(
+            self.workload, data, batch_size, self.config.optimizer, seed=self.config.seed
+        )
+        times[str(batch_size)] = measured.as_dict()
+        store.set_metadata("step_times", times)
+
+    def _record_noise_scales(self, store: StudyStore) -> None:
+        """B_simple along every batch size's winner, measured once and kept in the store."""
+        traces = dict(store.metadata.get("noise_scale", {}))
+        winners = steps_to_result(
+            store.measurements(), self.metric_column, self.target, self.rules.maximize
+        ).dropna()
+        for batch_size in winners.index:
+            if str(batch_size) in traces:
+                continue
+            trace = noise_scale_of_winner(
+                self.store_path, int(batch_size), device=str(self.device), workload=self.workload
+            )
+            traces[str(batch_size)] = trace.to_dict()
+            store.set_metadata("noise_scale", traces)
+
+    def replicate(self, seeds: int, progress: Progress | None = None) -> dict[str, Any]:
+        """Re-run each batch size's winning metaparameters with ``seeds`` new seeds.
+
+        Steps to result is a minimum over many trials, so it is optimistic (the winner's
+        curse). Each replicate runs to the goal or its budget (never raced); its steps to
+        result are kept in the store's ``replicates`` entry, which is returned. Seeds already
+        run are not run again, and more seeds extend the same sequence.
+        """
+        progress = progress or Progress()
+        store = self.open_store()
+        try:
+            with store.writer_lock():
+                winners = steps_to_result(
+                    store.measurements(), self.metric_column, self.target, self.rules.maximize
+                ).dropna()
+                trials = store.trials()
+                replicates = dict(store.metadata.get("replicates", {}))
+                todo = {}
+                for batch_size, row in winners.iterrows():
+                    entry = replicates.get(str(batch_size), {"trial_id": int(row["trial_id"])})
+                    done = len(entry.get("steps", []))
+                    if done < seeds:
+                        todo[int(batch_size)] = (entry, done)
+                progress.start(
+                    len(winners) * seeds,
+                    len(winners) * seeds - sum(seeds - done for _, done in todo.values()),
+                )
+                data = self.workload.data().to(self.device)
+                for batch_size, (entry, done) in todo.items():
+                    progress.batch_size(batch_size)
+                    winner = trials.loc[(batch_size, entry["trial_id"])]
+                    params = {
+                        name: float(winner[name])
+                        for name in self.search_space.names
+                        if not pd.isna(winner[name])
+                    }
+                    steps = self._replicate_batch_size(
+                        data, batch_size, params, entry["trial_id"], range(done, seeds), progress
+                    )
+                    entry = {**entry, "params": params, "steps": [*entry.get("steps", []), *steps]}
+                    replicates[str(batch_size)] = entry
+                    store.set_metadata("replicates", replicates)
+                return replicates
+        finally:
+            store.close()
+
+    def _replicate_batch_size(
+        self,
+        data: Data,
+        batch_size: int,
+        params: dict[str, float],
+        trial_id: int,
+        indices: range,
+        progress: Progress,
+    ) -> list[int | None]:
+        """Steps to result of replicates ``indices`` of one winner (``None``: not reached)."""
+        specs = [
+            TrialSpec(
+                batch_size=batch_size,
+                trial_id=index,
+                params=params,
+                seed=derive_seed(self.config.seed, batch_size, trial_id, REPLICATE_STREAM + index),
+                step_budget=self.step_budget(batch_size),
+                optimizer=self.config.optimizer,
+            )
+            for index in indices
+        ]
+        results: list[TrialResult] = []
+
+        def keep(result: TrialResult) -> None:
+            results.append(result)
+            progress.trial_done(result)
+
+        run_cohort(
+            engine=self.config.engine,
+            workload=self.workload,
+            data=data,
+            specs=specs,
+            rules=self.rules,
+            evaluation_steps=evaluation_steps(
+                self.step_budget(batch_size), self.config.eval_growth
+            ),
+            race=False,
+            bound=None,
+            on_result=keep,
+        )
+        main_goal = StopRules(self.target, self.rules.maximize)
+        return [
+            first_reaching_step(result, self.metric_column, main_goal)
+            for result in sorted(results, key=lambda r: r.spec.trial_id)
+        ]
+
     def _run_batch_size(
         self,
         store: StudyStore,
-        data: Any,
+        data: Data,
         batch_size: int,
         specs: list[TrialSpec],
         progress: Progress,
@@ -398,6 +555,9 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
                 for name in (d["name"] for d in meta["search_space"]["dimensions"])
                 if name in row and not pd.isna(row[name])
             }
+        timing = meta.get("step_times", {}).get(str(batch_size))
+        step_time = None if timing is None else float(timing["median"])
+        replicated = meta.get("replicates", {}).get(str(batch_size))
         summary.batch_sizes.append(
             BatchSizeSummary(
                 batch_size=int(batch_size),
@@ -408,6 +568,11 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
                 reached=int(reached.get(batch_size, 0)),
                 diverged=int((group["status"] == Status.INFEASIBLE).sum()),
                 pruned=int((group["status"] == Status.PRUNED).sum()),
+                step_time=step_time,
+                time_to_result=(
+                    None if step_time is None or pd.isna(steps) else step_time * float(steps)
+                ),
+                replicates=None if replicated is None else list(replicated["steps"]),
             )
         )
     return summary

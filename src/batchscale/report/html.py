@@ -24,9 +24,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
+from batchscale.analysis.cost import DataParallelCost
 from batchscale.analysis.scaling import ScalingFit
 from batchscale.analysis.winners import OUTCOMES, winner_metaparameters
-from batchscale.report import figures
+from batchscale.report import extras, figures
 from batchscale.search import SearchSpace
 
 REPORT_FILE = "report.html"
@@ -352,6 +353,88 @@ def _versions_html() -> str:
     )
 
 
+def extra_sections(
+    analysis: StudyAnalysis, meta: dict[str, Any], out_dir: Path, cost: DataParallelCost
+) -> str:
+    """Sections for what a study holds beyond its trials: time, replicates, noise, NQM."""
+    sections = []
+    with figures.paper_style():
+        timing = extras.time_figure(analysis, meta, cost)
+        if timing is not None:
+            rendered = save_figure(
+                timing,
+                out_dir,
+                "time_to_result",
+                "Time to result",
+                "Left: one model's training step time at each batch size on "
+                f"{_esc(_step_time_device(meta))} (median of repeats, after warm-up, without "
+                "evaluation). Right: steps to result times step time, measured on one device, "
+                f"and projected onto {cost.devices} data-parallel devices by the cost model "
+                "stated under the figure (see batchscale.analysis.cost).",
+            )
+            sections.append("<h2>Time to result</h2>" + _figure_html(rendered))
+        replicated = extras.replicates_figure(analysis, meta)
+        if replicated is not None:
+            rows = [
+                [str(b), _number(m), _number(lo), _number(hi), str(n)]
+                for b, (m, lo, hi, n) in extras.replicate_summary(meta).items()
+            ]
+            rendered = save_figure(
+                replicated,
+                out_dir,
+                "replicates",
+                "The winner's curse",
+                "Steps to result is the minimum over many trials, so it is optimistic. Each "
+                "batch size's winning metaparameters were re-run with new seeds; the band spans "
+                "the replicates that reached the goal, the line is their median (a replicate "
+                "that never reached counts as slowest).",
+            )
+            sections.append(
+                "<h2>Replicated winners</h2>"
+                + _table(["batch size", "median", "min", "max", "seeds"], rows)
+                + _figure_html(rendered)
+            )
+        noise = extras.noise_scale_figure(analysis, meta)
+        if noise is not None:
+            b_crit = None if analysis.fit is None else analysis.fit.b_crit
+            rows = [
+                [str(b), _number(value), "-" if ratio is None else _number(ratio)]
+                for b, value, ratio in extras.noise_scale_table(meta, b_crit)
+            ]
+            rendered = save_figure(
+                noise,
+                out_dir,
+                "noise_scale",
+                "Gradient noise scale",
+                "B_simple = tr(Sigma) / |G|^2 along each winner's run (McCandlish et al. 2018), "
+                "and its average over training beside the fitted critical batch size.",
+            )
+            sections.append(
+                "<h2>Gradient noise scale</h2>"
+                + _table(["batch size", "mean B_simple", "B_simple / B_crit"], rows)
+                + _figure_html(rendered)
+            )
+        predicted = extras.nqm_overlay_figure(analysis, meta)
+        if predicted is not None:
+            rendered = save_figure(
+                predicted,
+                out_dir,
+                "nqm_prediction",
+                "Noisy quadratic model: prediction and measurement",
+                "Lines: steps to reach the expected loss goal in closed form, minimised over a "
+                "constant learning rate (and momentum). Squares: this study. The study keeps "
+                "its best single trial and may decay the learning rate, so it tends to need "
+                "somewhat fewer steps than the expectation predicts.",
+            )
+            sections.append("<h2>Closed-form prediction</h2>" + _figure_html(rendered))
+    return "".join(sections)
+
+
+def _step_time_device(meta: dict[str, Any]) -> str:
+    devices = {entry["device"] for entry in (meta.get("step_times") or {}).values()}
+    return ", ".join(sorted(devices)) or "the study's device"
+
+
 def study_figures(
     analysis: StudyAnalysis,
     measurements: pd.DataFrame,
@@ -427,12 +510,16 @@ def write_report(
     *,
     bootstrap_samples: int = 1000,
     seed: int = 0,
+    devices: int = 8,
+    bandwidth: float = 10e9,
+    latency: float = 10e-6,
 ) -> Path:
     """Write ``out_dir/report.html`` and every figure as PNG and SVG; return the page's path.
 
     ``goals`` are extra goals for the fragile-goal check (default: 10% easier and harder than
-    the study's goal). Raises ``StoreError`` for a path that is not a study and ``ValueError``
-    for a study without measurements.
+    the study's goal). ``devices``, ``bandwidth`` (bytes/s) and ``latency`` (s) set the cost
+    model that projects time to result onto data-parallel devices. Raises ``StoreError`` for
+    a path that is not a study and ``ValueError`` for a study without measurements.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -441,6 +528,13 @@ def write_report(
     meta, measurements, trials = study.meta, study.measurements, study.trials
     search_space = study.search_space
     rendered = study_figures(analysis, measurements, trials, out, search_space)
+    cost = DataParallelCost(
+        devices=devices,
+        parameters=int(meta.get("parameters", 0)),
+        bandwidth=bandwidth,
+        latency=latency,
+    )
+    more = extra_sections(analysis, meta, out, cost)
     goal = f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"
     title = f"{meta.get('workload')} / {meta.get('optimizer')}: steps to {goal}"
     headers, rows = _summary_rows(analysis)
@@ -463,6 +557,7 @@ def write_report(
             "since the winner was picked on validation data.</p>",
             "<h2>Figures</h2>",
             "".join(_figure_html(r) for r in rendered),
+            more,
             "<h2>Goals</h2>",
             _goals_html(analysis),
             "<h2>Study settings</h2>",

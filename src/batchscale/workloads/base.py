@@ -6,12 +6,15 @@ itself through this interface.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from numbers import Integral, Real
+from typing import Any, Literal, Self
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -22,6 +25,12 @@ Optimizer = Literal["sgd", "momentum", "nesterov"]
 OPTIMIZERS: tuple[Optimizer, ...] = ("sgd", "momentum", "nesterov")
 
 PerExampleMetric = Callable[[Tensor, Tensor], Tensor]
+
+# A training-set size: a fraction of the available examples in (0, 1], or a count of them.
+TrainSize = int | float
+
+# Fixed seed of the draw that picks a reduced training set: a size always means the same examples.
+SUBSET_SEED = 1_811_036
 
 
 def classification_error(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -53,7 +62,7 @@ class Metric:
         if not math.isfinite(target) or not (self.low <= target <= self.high):
             raise ValueError(
                 f"target {target} is outside the range of {self.name} "
-                f"[{self.low:g}, {self.high:g}]; pass --target inside it"
+                f"[{self.low:g}, {self.high:g}]; choose a goal inside it"
             )
 
 
@@ -120,6 +129,66 @@ class EpochSampler:
         self._position += self.batch_size
         return batch
 
+    def next_block(self, steps: int) -> Tensor:
+        """The next ``steps`` batches as one ``[steps, batch_size]`` tensor (on the CPU).
+
+        The same batches in the same order as ``steps`` calls of ``next_indices``, cut from each
+        permutation in one slice rather than one call per batch.
+        """
+        pieces = []
+        while steps > 0:
+            if self._position + self.batch_size > self.size:
+                self._order = torch.randperm(self.size, generator=self.generator)
+                self._position = 0
+            take = min(steps, (self.size - self._position) // self.batch_size)
+            end = self._position + take * self.batch_size
+            pieces.append(self._order[self._position : end].view(take, self.batch_size))
+            self._position = end
+            steps -= take
+        if not pieces:
+            return torch.empty(0, self.batch_size, dtype=torch.long)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def resolve_train_size(train_size: TrainSize | None, available: int) -> int:
+    """How many of ``available`` training examples ``train_size`` keeps.
+
+    ``None`` keeps all; an integer is a count (1 to ``available``); a float is a fraction in
+    (0, 1], rounded to the nearest count and at least one example.
+    """
+    if train_size is None:
+        return available
+    if isinstance(train_size, Integral) and not isinstance(train_size, bool):
+        if not 1 <= int(train_size) <= available:
+            raise ValueError(
+                f"train_size {train_size} must be a count between 1 and the {available} "
+                "training examples, or a fraction in (0, 1]"
+            )
+        return int(train_size)
+    if isinstance(train_size, Real) and not isinstance(train_size, bool):
+        if not 0.0 < float(train_size) <= 1.0:
+            raise ValueError(
+                f"train_size {train_size} must be a fraction in (0, 1], "
+                f"or an integer count of at most {available} examples"
+            )
+        return max(1, round(float(train_size) * available))
+    raise ValueError(f"train_size must be a fraction or a count of examples, got {train_size!r}")
+
+
+def train_subset(split: Split, train_size: TrainSize | None, seed: int = SUBSET_SEED) -> Split:
+    """The examples of ``split`` that ``train_size`` keeps: the same ones on every call.
+
+    They are the first ``n`` of one fixed-seed permutation, so a smaller training set is
+    contained in every larger one (a data-set-size sweep only ever adds examples), and they
+    keep their original order, so the full size returns ``split`` itself.
+    """
+    count = resolve_train_size(train_size, len(split))
+    if count == len(split):
+        return split
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(split))[:count])
+    index = torch.from_numpy(chosen)
+    return Split(split.inputs[index], split.targets[index])
+
 
 @dataclass
 class Budget:
@@ -159,6 +228,26 @@ class Workload(ABC):
     @abstractmethod
     def make_model(self) -> nn.Module:
         """A freshly initialised model (the caller seeds the global generator around this)."""
+
+    @property
+    def overridable(self) -> frozenset[str]:
+        """The settings ``with_overrides`` may change (none, unless a workload says otherwise)."""
+        return frozenset()
+
+    def with_overrides(self, **overrides: Any) -> Self:
+        """A fresh copy with the given settings changed; settings given as ``None`` are ignored.
+
+        Raises ``ValueError`` naming any setting this workload does not have.
+        """
+        given = {key: value for key, value in overrides.items() if value is not None}
+        unsupported = sorted(set(given) - self.overridable)
+        if unsupported:
+            supported = ", ".join(sorted(self.overridable)) or "none"
+            raise ValueError(
+                f"workload '{self.name}' does not support {', '.join(unsupported)} "
+                f"(settings it supports: {supported})"
+            )
+        return dataclasses.replace(self, **given)
 
     def data(self) -> Data:
         """The splits, loaded on first use."""

@@ -4,6 +4,7 @@ The official test split (1,000 examples of the default generator, seed 42) stays
 The training pool is the official training split plus extra examples from the same generator
 under another seed, so that small batch sizes sit in the variance-dominated regime; the
 validation split is carved from that pool. The generated arrays are cached on disk.
+``train_size`` trains on a reproducible subset of the rest of the pool (for data-set-size sweeps).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from batchscale.workloads.base import CLASSIFICATION_ERROR, Budget, Data, Split, Workload
+from batchscale.workloads.base import (
+    CLASSIFICATION_ERROR,
+    Budget,
+    Data,
+    Split,
+    TrainSize,
+    Workload,
+    resolve_train_size,
+    train_subset,
+)
 
 OFFICIAL_SEED = 42
 EXTRA_SEED = 1_000_003
@@ -81,18 +91,34 @@ def generate_mnist1d(train_pool: int, validation: int) -> dict[str, np.ndarray]:
 
 @dataclass
 class Mnist1dWorkload(Workload):
-    """An MNIST-1D classifier; ``architecture`` is ``mlp`` or ``cnn``."""
+    """An MNIST-1D classifier; ``architecture`` is ``mlp`` or ``cnn``.
+
+    ``width`` is the hidden units of the MLP or the channels of the CNN; ``train_size`` (a
+    fraction or a count) trains on that part of the training examples, drawn reproducibly.
+    """
 
     architecture: str = "mlp"
     width: int = 100
     train_pool: int = 40_000
     validation_size: int = 4_000
+    train_size: TrainSize | None = None
+
+    def __post_init__(self) -> None:
+        if self.width < 1:
+            raise ValueError(f"width must be a positive number of units, got {self.width}")
+        resolve_train_size(self.train_size, self.train_pool - self.validation_size)
+
+    @property
+    def overridable(self) -> frozenset[str]:
+        """Training-set size and width."""
+        return frozenset({"train_size", "width"})
 
     def load_data(self) -> Data:
         """Generate (or read from the cache) the training, validation and test splits."""
         arrays = generate_mnist1d(self.train_pool, self.validation_size)
+        train = Split(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"]))
         return Data(
-            train=Split(torch.from_numpy(arrays["x_train"]), torch.from_numpy(arrays["y_train"])),
+            train=train_subset(train, self.train_size),
             validation=Split(torch.from_numpy(arrays["x_val"]), torch.from_numpy(arrays["y_val"])),
             test=Split(torch.from_numpy(arrays["x_test"]), torch.from_numpy(arrays["y_test"])),
         )

@@ -1,0 +1,92 @@
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batchscale import Study, StudyConfig, load_study
+from batchscale.analysis.cost import (
+    DataParallelCost,
+    interpolate_step_time,
+    projected_time_to_result,
+    time_to_result,
+)
+from batchscale.cli import main
+from batchscale.report import write_report
+from batchscale.training.timing import measure_step_time
+from batchscale.workloads import get_workload
+
+from .conftest import TINY_NQM
+
+
+def test_allreduce_cost_follows_the_ring_formula() -> None:
+    one = DataParallelCost(devices=1, parameters=1_000_000)
+    assert one.allreduce_seconds() == 0.0
+    eight = DataParallelCost(devices=8, parameters=1_000_000, bandwidth=1e9, latency=1e-5)
+    expected = 2 * 7 / 8 * 4e6 / 1e9 + 14 * 1e-5
+    assert eight.allreduce_seconds() == pytest.approx(expected)
+    assert "8 devices" in eight.describe()
+    with pytest.raises(ValueError):
+        DataParallelCost(devices=0, parameters=1)
+
+
+def test_step_time_interpolation_and_projection() -> None:
+    sizes, seconds = [16, 64, 256], [1e-3, 2e-3, 8e-3]
+    assert interpolate_step_time(sizes, seconds, [64])[0] == pytest.approx(2e-3)
+    assert interpolate_step_time(sizes, seconds, [32])[0] == pytest.approx(math.sqrt(2) * 1e-3)
+    assert interpolate_step_time(sizes, seconds, [4])[0] == pytest.approx(1e-3)  # floor
+    assert interpolate_step_time(sizes, seconds, [512])[0] == pytest.approx(16e-3)  # linear
+    np.testing.assert_allclose(time_to_result([100, 10], [1e-3, 8e-3]), [0.1, 0.08])
+    cost = DataParallelCost(devices=4, parameters=0, latency=0.0)
+    # 4 devices at B = 256 each compute B = 64: 2 ms per step, nothing to communicate
+    projected = projected_time_to_result([256, 2], [50, 100], sizes, seconds, cost)
+    assert projected[0] == pytest.approx(50 * 2e-3)
+    assert math.isnan(projected[1])  # fewer examples than devices
+
+
+def test_measured_step_time_grows_with_batch_size() -> None:
+    workload = get_workload("nqm")
+    data = workload.data()
+    small = measure_step_time(workload, data, 2, "sgd", repeats=3, min_seconds=0.01)
+    large = measure_step_time(workload, data, 16384, "sgd", repeats=3, min_seconds=0.01)
+    assert small.low <= small.median <= small.high
+    assert large.median > small.median
+    assert small.device == "cpu"
+
+
+def test_study_stores_step_times_and_replicates(tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite"
+    config = StudyConfig(**{**TINY_NQM, "noise_scale": True})
+    summary = Study(config, store).run()
+    assert all(row.step_time and row.step_time > 0 for row in summary.batch_sizes)
+    for row in summary.batch_sizes:
+        if row.steps_to_result is not None:
+            assert row.time_to_result == pytest.approx(row.step_time * row.steps_to_result)
+    meta = load_study(str(store)).metadata
+    reached = [str(r.batch_size) for r in summary.batch_sizes if r.steps_to_result is not None]
+    assert sorted(meta["noise_scale"]) == sorted(reached)
+    assert all(meta["noise_scale"][b]["b_simple"] > 0 for b in reached)
+    replicates = Study.from_store(store).replicate(seeds=3)
+    assert sorted(replicates) == sorted(reached)
+    for entry in replicates.values():
+        assert len(entry["steps"]) == 3
+    # more seeds extend the sequence; the first three are kept as they were
+    more = Study.from_store(store).replicate(seeds=4)
+    for size, entry in more.items():
+        assert entry["steps"][:3] == replicates[size]["steps"]
+    page = write_report(store, tmp_path / "report", bootstrap_samples=50)
+    html = page.read_text()
+    for section in ("Time to result", "Replicated winners", "Gradient noise scale",
+                    "Closed-form prediction"):  # fmt: skip
+        assert section in html
+    for name in ("time_to_result", "replicates", "noise_scale", "nqm_prediction"):
+        assert (tmp_path / "report" / f"{name}.png").is_file()
+
+
+def test_replicate_command(tiny_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replicate", str(tiny_store), "--seeds", "2", "--no-report"]) == 0
+    capsys.readouterr()
+    assert main(["show", str(tiny_store), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["batch_sizes"]
+    assert any(row["replicates"] and len(row["replicates"]) == 2 for row in rows)
