@@ -122,3 +122,47 @@ def test_kill_9_mid_study_loses_nothing_finished(tmp_path: Path) -> None:
     # trials stored before the kill were not rerun
     kept = resumed.trials().loc[interrupted.index, "finished_at"]
     assert (kept == interrupted["finished_at"]).all()
+
+
+def test_epoch_budget_trains_every_batch_size_on_the_same_examples(tmp_path: Path) -> None:
+    config = StudyConfig(
+        workload="mnist1d-mlp",
+        optimizer="momentum",
+        batch_sizes=(64, 256),
+        trials=2,
+        epoch_budget=0.5,
+        train_size=2048,
+        width=16,
+        engine="reference",
+        device="cpu",
+    )
+    study = Study(config, tmp_path / "e.sqlite")
+    assert study.config.mode == "full"  # nothing can be raced without a goal to stop at
+    assert study.train_examples == 2048
+    assert [study.step_budget(b) for b in (64, 256)] == [16, 4]
+    study.run()
+    store = load_study(str(tmp_path / "e.sqlite"))
+    trials = store.trials()
+    # no trial stopped at the goal: each ran its whole budget of examples (or diverged)
+    finished = trials[trials["status"] == "COMPLETE"]
+    assert (finished["steps"] * finished.index.get_level_values("batch_size") == 1024).all()
+    assert store.metadata["budget"] == {"epochs": 0.5, "train_examples": 2048}
+    from batchscale.report import write_report
+
+    html = write_report(tmp_path / "e.sqlite", tmp_path / "r", bootstrap_samples=0).read_text()
+    assert "trained every batch size for 0.5 epochs" in html
+
+
+def test_train_size_and_width_change_the_study(tmp_path: Path) -> None:
+    base = {"workload": "mnist1d-mlp", "batch_sizes": (32,), "trials": 1, "step_budget": 5,
+            "engine": "reference", "device": "cpu"}  # fmt: skip
+    small = Study(StudyConfig(**base, train_size=0.25, width=8), tmp_path / "a.sqlite")
+    assert small.train_examples == 9000
+    assert small.identity()["train_size"] == 0.25 and small.identity()["width"] == 8
+    small.run()
+    with pytest.raises(StoreError, match="train_size"):
+        Study(StudyConfig(**base, train_size=0.5, width=8), tmp_path / "a.sqlite").run()
+    with pytest.raises(ConfigError, match="fraction"):
+        Study(StudyConfig(**base, train_size=10.5), tmp_path / "b.sqlite")
+    with pytest.raises(ConfigError, match="no epochs"):
+        Study(StudyConfig(workload="nqm", epoch_budget=1.0), tmp_path / "c.sqlite")

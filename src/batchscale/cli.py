@@ -179,6 +179,27 @@ def run(
     step_budget: Annotated[
         int | None, typer.Option("--step-budget", help="Steps per trial at every batch size.")
     ] = None,
+    epoch_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--epoch-budget",
+            help="Train every batch size for this many epochs, never stopping at the goal "
+            "(a fixed example budget: compares the best metric reached; implies full mode).",
+        ),
+    ] = None,
+    train_size: Annotated[
+        float | None,
+        typer.Option(
+            "--train-size", help="Training examples to use: a fraction in (0, 1] or a count."
+        ),
+    ] = None,
+    width: Annotated[
+        int | None, typer.Option(help="Model width (hidden units or channels).")
+    ] = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option("--data-dir", help="Read real data sets from here, never downloading."),
+    ] = None,
     store: Annotated[Path, typer.Option(help="SQLite file that holds the study.")] = DEFAULT_STORE,
     seed: Annotated[
         int | None, typer.Option(help="Study seed (search points, trial seeds).")
@@ -217,6 +238,10 @@ def run(
         target=target,
         goals=goals,
         step_budget=step_budget,
+        epoch_budget=epoch_budget,
+        train_size=train_size,
+        width=width,
+        data_dir=data_dir,
         seed=seed,
         device=device,
         mode=mode,

@@ -33,6 +33,10 @@ class StudyConfig(BaseModel):
     target: float | None = None
     goals: tuple[float, ...] | None = None
     step_budget: int | None = Field(default=None, ge=1)
+    epoch_budget: float | None = Field(default=None, gt=0)
+    train_size: float | None = Field(default=None, gt=0)
+    width: int | None = Field(default=None, ge=1)
+    data_dir: str | None = None
     search_space: dict[str, dict[str, Any]] | None = None
     seed: int = Field(default=0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -38,6 +38,8 @@ IDENTITY_KEYS = (
     "mode",
     "search_space",
     "budget",
+    "train_size",
+    "width",
     "eval_growth",
     "divergence_factor",
 )
@@ -138,9 +140,23 @@ class Study:
     ) -> None:
         self.config = config
         self.store_path = Path(store)
+        if config.step_budget is not None and config.epoch_budget is not None:
+            raise ConfigError("give a step budget or an epoch budget, not both")
         if workload is None:
+            train_size: float | int | None = config.train_size
+            if train_size is not None and train_size > 1:
+                if not float(train_size).is_integer():
+                    raise ConfigError(
+                        f"train_size {train_size} is neither a fraction in (0, 1] nor a count"
+                    )
+                train_size = int(train_size)
             try:
-                workload = get_workload(config.workload)
+                workload = get_workload(
+                    config.workload,
+                    train_size=train_size,
+                    width=config.width,
+                    data_dir=config.data_dir,
+                )
             except ValueError as error:
                 raise ConfigError(str(error)) from None
         elif config.workload != workload.name:
@@ -157,8 +173,14 @@ class Study:
         except ValueError as error:
             raise ConfigError(str(error)) from None
         # Trials run on to the hardest goal so that every goal's curve is measured, not cut
-        # short by the stop rule; racing against that goal keeps every curve exact.
-        self.stop_target = (max if maximize else min)((self.target, *self.goals))
+        # short by the stop rule; racing against that goal keeps every curve exact. Under an
+        # epoch budget the question is the best metric within the budget, so nothing stops
+        # early (and nothing can be raced).
+        self.stop_target: float | None = (max if maximize else min)((self.target, *self.goals))
+        if config.epoch_budget is not None:
+            if config.mode == "race":
+                config = self.config = config.model_copy(update={"mode": "full"})
+            self.stop_target = None
         try:
             self.search_space = config.resolved_search_space(
                 workload.default_search_space(config.optimizer)
@@ -171,16 +193,22 @@ class Study:
             raise ConfigError(
                 f"optimizer '{config.optimizer}' needs a 'momentum' dimension in search_space"
             )
-        train_size = workload.data_sizes()["train"]
-        too_large = [b for b in config.batch_sizes if train_size and b > train_size]
+        self.train_examples = workload.data_sizes()["train"]
+        too_large = [b for b in config.batch_sizes if 0 < self.train_examples < b]
         if too_large:
             raise ConfigError(
-                f"batch size {too_large[0]} exceeds the {train_size} training examples of "
-                f"'{workload.name}'; choose batch sizes up to {train_size}"
+                f"batch size {too_large[0]} exceeds the {self.train_examples} training examples "
+                f"of '{workload.name}'; choose batch sizes up to {self.train_examples}"
+            )
+        if config.epoch_budget is not None and not self.train_examples:
+            raise ConfigError(
+                f"'{workload.name}' draws fresh training data every step, so it has no epochs; "
+                "use a step budget instead of an epoch budget"
             )
         self.device = resolve_device(config.device)
+        unreachable = math.inf if maximize else -math.inf
         self.rules = StopRules(
-            target=self.stop_target,
+            target=unreachable if self.stop_target is None else self.stop_target,
             maximize=maximize,
             divergence_factor=config.divergence_factor,
         )
@@ -203,6 +231,8 @@ class Study:
         """Steps allowed per trial at ``batch_size``."""
         if self.config.step_budget is not None:
             return self.config.step_budget
+        if self.config.epoch_budget is not None:
+            return max(1, math.ceil(self.config.epoch_budget * self.train_examples / batch_size))
         return self.workload.budget.steps(batch_size)
 
     def trial_specs(self, batch_size: int) -> list[TrialSpec]:
@@ -223,11 +253,12 @@ class Study:
 
     def identity(self) -> dict[str, Any]:
         """The settings a stored study must share with this one to be resumed."""
-        budget = (
-            {"steps": self.config.step_budget}
-            if self.config.step_budget is not None
-            else vars(self.workload.budget)
-        )
+        if self.config.step_budget is not None:
+            budget: dict[str, Any] = {"steps": self.config.step_budget}
+        elif self.config.epoch_budget is not None:
+            budget = {"epochs": self.config.epoch_budget, "train_examples": self.train_examples}
+        else:
+            budget = vars(self.workload.budget)
         return {
             "workload": self.workload.name,
             "optimizer": self.config.optimizer,
@@ -239,6 +270,8 @@ class Study:
             "mode": self.config.mode,
             "search_space": self.search_space.model_dump(mode="json"),
             "budget": budget,
+            "train_size": self.config.train_size,
+            "width": self.config.width,
             "eval_growth": self.config.eval_growth,
             "divergence_factor": self.config.divergence_factor,
         }
@@ -254,6 +287,7 @@ class Study:
                 {
                     **identity,
                     "goals": self.goals,
+                    "train_examples": self.train_examples,
                     "batch_sizes": [],
                     "trials": 0,
                     "engine": self.config.engine,
@@ -437,7 +471,7 @@ class Study:
             bound = best_bound(
                 store.measurements(),
                 self.metric_column,
-                self.stop_target,
+                self.rules.target,
                 batch_size,
                 self.rules.maximize,
             )

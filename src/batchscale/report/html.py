@@ -357,7 +357,7 @@ def extra_sections(
     analysis: StudyAnalysis, meta: dict[str, Any], out_dir: Path, cost: DataParallelCost
 ) -> str:
     """Sections for what a study holds beyond its trials: time, replicates, noise, NQM."""
-    sections = []
+    sections = [_budgets_html(analysis, meta)]
     with figures.paper_style():
         timing = extras.time_figure(analysis, meta, cost)
         if timing is not None:
@@ -428,6 +428,36 @@ def extra_sections(
             )
             sections.append("<h2>Closed-form prediction</h2>" + _figure_html(rendered))
     return "".join(sections)
+
+
+def _budgets_html(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
+    """What the fixed step and fixed epoch views answer, and this study's epoch-budget table."""
+    budget = meta.get("budget") or {}
+    explanation = (
+        "<p>A <strong>fixed step budget</strong> asks how good a model gets in a given number of "
+        "steps (wall time on enough devices): larger batches see more examples per step, so "
+        "they look better. A <strong>fixed epoch (example) budget</strong> asks how good a "
+        "model gets from a given amount of data (compute): smaller batches take more steps "
+        "from the same examples, so they look better. Neither answers how much data "
+        "parallelism speeds training up; steps to result does. The figure of the best result "
+        "under fixed budgets shows both views side by side.</p>"
+    )
+    if "epochs" not in budget:
+        return "<h2>Fixed step and fixed epoch budgets</h2>" + explanation
+    epochs = budget["epochs"]
+    best = analysis.best_under_examples
+    rows = [
+        [str(b), _number(row["value"]), str(row["trial_id"]), str(row["step"])]
+        for b, row in best.iterrows()
+    ]
+    return (
+        "<h2>Fixed step and fixed epoch budgets</h2>"
+        + explanation
+        + f"<p>This study trained every batch size for {epochs:g} epochs "
+        f"({budget.get('train_examples', 0) * epochs:,.0f} examples) without stopping at the "
+        f"goal: the best {_esc(analysis.metric)} each batch size reached within that budget:</p>"
+        + _table(["batch size", f"best {analysis.metric}", "trial", "step"], rows)
+    )
 
 
 def _step_time_device(meta: dict[str, Any]) -> str:
@@ -573,7 +603,13 @@ def write_report(
 
 
 def _study_label(meta: dict[str, Any]) -> str:
-    return f"{meta.get('workload')} / {meta.get('optimizer')}"
+    label = f"{meta.get('workload')} / {meta.get('optimizer')}"
+    variants = [
+        f"{name} {meta[key]:g}"
+        for key, name in (("train_size", "train size"), ("width", "width"))
+        if meta.get(key) is not None
+    ]
+    return label + (f" ({', '.join(variants)})" if variants else "")
 
 
 def write_comparison(
