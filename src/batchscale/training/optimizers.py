@@ -15,7 +15,7 @@ from batchscale.workloads.base import Optimizer
 
 
 def _per_trial(values: Tensor, like: Tensor) -> Tensor:
-    return values.reshape((-1,) + (1,) * (like.dim() - 1))
+    return values.to(like.dtype).reshape((-1,) + (1,) * (like.dim() - 1))
 
 
 @torch.no_grad()
@@ -30,19 +30,24 @@ def batched_sgd_step(
     """Update ``params`` in place; ``velocities`` (zeros before the first step) likewise.
 
     Every tensor's first dimension is the trial; ``learning_rates`` and ``momenta`` have one
-    entry per trial.
+    entry per trial. Nesterov's step is formed in ``grads``, which are overwritten.
+
+    Every operation is the one ``torch.optim.SGD`` applies to a single trial (its rounding
+    included: ``addcmul_`` with a per-trial column rounds as ``add_`` with a scalar ``alpha``
+    does), so each trial's parameters come out bit for bit as torch's would. All updates are in
+    place: a cohort whose parameters sit in one buffer allocates nothing per step (fresh
+    buffers of a megabyte or more cost page faults on every step on a CPU).
     """
     for param, grad, velocity in zip(params, grads, velocities, strict=True):
         lr = _per_trial(learning_rates, param)
         if optimizer == "sgd":
-            param.sub_(lr * grad)
+            param.addcmul_(grad, lr, value=-1)
             continue
         momentum = _per_trial(momenta, param)
+        # Starting from zeros, the first update leaves v == g exactly, as torch.optim.SGD does.
         velocity.mul_(momentum).add_(grad)
-        if optimizer == "nesterov":
-            param.sub_(lr * (grad + momentum * velocity))
-        else:
-            param.sub_(lr * velocity)
+        step = grad.addcmul_(velocity, momentum) if optimizer == "nesterov" else velocity
+        param.addcmul_(step, lr, value=-1)
 
 
 def torch_optimizer(

@@ -12,6 +12,7 @@ import torch
 
 from batchscale.training.evaluation import evaluate_split
 from batchscale.training.optimizers import torch_optimizer
+from batchscale.training.race import RaceBoard, best_bound_of
 from batchscale.training.schedules import linear_decay
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads.base import Data, Workload
@@ -31,8 +32,12 @@ def train_reference(
     rules: StopRules,
     evaluation_steps: list[int],
     race: RaceBound | None = None,
+    board: RaceBoard | None = None,
 ) -> TrialResult:
-    """Train one trial to its goal, divergence, budget or (with ``race``) to where it can't win."""
+    """Train one trial to its goal, divergence, budget or (with ``race``) to where it can't win.
+
+    ``board`` (racing only) is read at every evaluation for a bound found elsewhere.
+    """
     started = time.perf_counter()
     device = data.validation.inputs.device
     model = initialised_model(workload, spec.init_seed).to(device)
@@ -50,6 +55,9 @@ def train_reference(
     train_time = 0.0
     step = 0
     for eval_step in evaluation_steps:
+        if board is not None:
+            race = best_bound_of(race, board.current(spec.batch_size))
+            last_useful = race.last_useful_step(spec.trial_id) if race else spec.step_budget
         if eval_step > last_useful:
             result.status = Status.PRUNED
             break

@@ -1,0 +1,245 @@
+"""Trial-steps per second of the cohort engine against the reference loop, and the FLOP/s ceiling.
+
+Trains K trials of ``mnist1d-mlp`` (Nesterov) at each batch size with both engines and prints
+trial-steps per second (training only: evaluation is excluded through each trial's
+``train_time``), the ratio, and what the cohort engine chose (kernels, trials per kernel call,
+micro-batch, threads, or the reference fallback). The reference loop is timed with one thread
+and with the process's default, and the faster is the baseline.
+
+Then the machine's matrix-multiply FLOP/s, measured in the same run, and the fraction of it
+the cohort engine reaches at the largest batch size (counting the matrix multiplies of the
+forward and backward passes).
+
+    python benchmarks/engine_throughput.py [--trials 16] [--batch-sizes 16,128,1024] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from batchscale import Study, StudyConfig
+from batchscale.training.cohort import CohortPlan, intra_op_threads, plan_cohort
+from batchscale.training.engine import Engine, run_cohort
+from batchscale.training.trial import TrialResult
+
+# Learning rates low enough that no trial diverges within the measured steps.
+SEARCH_SPACE = {
+    "learning_rate": {"scale": "log", "low": 1e-3, "high": 3e-2},
+    "momentum": {"scale": "reverse_log", "low": 0.5, "high": 0.95},
+}
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trials", type=int, default=16, help="K, trials per cohort")
+    parser.add_argument("--batch-sizes", default="16,128,1024")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--seconds", type=float, default=4.0, help="approximate training time per measurement"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved repeats; each rate is the best"
+    )
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="also time every power-of-two number of trials per kernel call",
+    )
+    return parser.parse_args()
+
+
+def make_study(batch_size: int, trials: int, steps: int, device: str) -> Study:
+    """A study whose trials train ``steps`` steps without reaching the (unreachable) goal."""
+    config = StudyConfig(
+        workload="mnist1d-mlp",
+        optimizer="nesterov",
+        batch_sizes=(batch_size,),
+        trials=trials,
+        step_budget=steps,
+        target=0.0,
+        search_space=SEARCH_SPACE,
+        device="cpu" if device == "cpu" else "cuda",
+    )
+    return Study(config, Path("unused.sqlite"))
+
+
+def trial_steps_per_second(
+    engine: Engine, study: Study, batch_size: int, trials: int, plan: CohortPlan | None
+) -> float:
+    """Training throughput of ``engine`` on the first ``trials`` trials of ``study``."""
+    device = torch.device(study.config.device)
+    data = study.workload.data().to(device)
+    specs = study.trial_specs(batch_size)[:trials]
+    results: list[TrialResult] = []
+    steps = [0, specs[0].step_budget]
+    run_cohort(
+        engine, study.workload, data, specs, study.rules, steps, False, None, results.append, plan
+    )
+    return sum(r.steps for r in results) / sum(r.train_time for r in results)
+
+
+def steps_for(seconds: float, trial_steps_per_second: float, trials: int) -> int:
+    """Steps per trial for a measurement of about ``seconds``."""
+    return max(10, int(seconds * trial_steps_per_second / trials))
+
+
+def mlp_matmul_flops(model: nn.Module, batch_size: int) -> int:
+    """Matrix-multiply FLOPs of one training step: forward, weight and input gradients.
+
+    The first layer's input gradient is not computed (nothing before it needs it).
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    per_example = sum(2 * m.in_features * m.out_features for m in linears)
+    skipped = 2 * linears[0].in_features * linears[0].out_features
+    return batch_size * (3 * per_example - skipped)
+
+
+def matmul_flops_per_second(size: int, threads: int, device: torch.device) -> float:
+    """Best of several ``size`` x ``size`` float32 matrix multiplies."""
+    with intra_op_threads(threads if device.type == "cpu" else None):
+        a = torch.randn(size, size, device=device)
+        b = torch.randn(size, size, device=device)
+        out = torch.empty(size, size, device=device)
+        best = float("inf")
+        for _ in range(5):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            started = time.perf_counter()
+            repeats = 4
+            for _ in range(repeats):
+                torch.mm(a, b, out=out)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            best = min(best, (time.perf_counter() - started) / repeats)
+    return 2 * size**3 / best
+
+
+def describe(plan: CohortPlan | None) -> str:
+    """What the cohort engine chose, in a few words."""
+    if plan is None:
+        return "fallback: reference loop"
+    threads = "" if plan.threads is None else f", {plan.threads} intra-op thread(s)"
+    workers = f", {plan.workers} workers" if plan.workers > 1 else ""
+    return (
+        f"{plan.kernels}, {plan.chunk_trials} trials/call, micro {plan.micro_batch}"
+        f"{threads}{workers}, eval workers {plan.eval_workers}"
+    )
+
+
+def sweep(args: argparse.Namespace, batch_sizes: list[int]) -> None:
+    """Trial-steps per second against trials per kernel call (the basis of CPU_CHUNK_ROWS)."""
+    counts = [1 << i for i in range(args.trials.bit_length()) if 1 << i <= args.trials]
+    print("\ntrial-steps per second against trials per kernel call (engine's threads)")
+    print(f"{'batch':>6} " + " ".join(f"{c:>8}" for c in counts))
+    for batch_size in batch_sizes:
+        probe = make_study(batch_size, args.trials, 20, args.device)
+        data = probe.workload.data().to(torch.device(args.device))
+        plan = plan_cohort(probe.workload, data, probe.trial_specs(batch_size))
+        if plan is None:
+            print(f"{batch_size:>6}  (the engine falls back to the reference loop)")
+            continue
+        rates = []
+        for count in counts:
+            chunked = replace(plan, chunk_trials=count)
+            rough = trial_steps_per_second("cohort", probe, batch_size, args.trials, chunked)
+            steps = steps_for(args.seconds / 2, rough, args.trials)
+            study = make_study(batch_size, args.trials, steps, args.device)
+            rates.append(trial_steps_per_second("cohort", study, batch_size, args.trials, chunked))
+        print(f"{batch_size:>6} " + " ".join(f"{rate:>8.0f}" for rate in rates))
+
+
+def main() -> None:
+    """Measure and print the tables."""
+    args = parse_args()
+    device = torch.device(args.device)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    default_threads = torch.get_num_threads()
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"threads by default, torch {torch.__version__}, device {device}"
+    )
+    print(f"workload mnist1d-mlp, nesterov, K = {args.trials} trials\n")
+    header = (
+        f"{'batch':>6} {'reference 1 thr':>16} {f'reference {default_threads} thr':>16} "
+        f"{'cohort':>10} {'ratio':>7}  cohort plan"
+    )
+    print("trial-steps per second (training only)")
+    print(header)
+    print("-" * len(header))
+    largest: tuple[int, float, CohortPlan | None] | None = None
+    for batch_size in batch_sizes:
+        probe = make_study(batch_size, args.trials, 20, args.device)
+        data = probe.workload.data().to(device)
+        plan = plan_cohort(probe.workload, data, probe.trial_specs(batch_size))
+        engine: Engine = "cohort" if plan is not None else "reference"
+        thread_options = [1, default_threads] if device.type == "cpu" else [default_threads]
+        runs: dict[int | str, tuple[Study, int, int | None]] = {}
+        for threads in dict.fromkeys(thread_options):
+            with intra_op_threads(threads):
+                rough = trial_steps_per_second("reference", probe, batch_size, 1, None)
+            steps = steps_for(args.seconds / args.repeats, rough, 2)
+            runs[threads] = (make_study(batch_size, args.trials, steps, args.device), 2, threads)
+        rough = trial_steps_per_second(engine, probe, batch_size, args.trials, plan)
+        steps = steps_for(args.seconds / args.repeats, rough, args.trials)
+        runs["cohort"] = (
+            make_study(batch_size, args.trials, steps, args.device),
+            args.trials,
+            None,
+        )
+        # Interleaved repeats, best of each: a burst of other work on the machine hits all alike.
+        rates: dict[int | str, float] = dict.fromkeys(runs, 0.0)
+        for _ in range(args.repeats):
+            for key, (study, trials, run_threads) in runs.items():
+                with intra_op_threads(run_threads):
+                    rate = trial_steps_per_second(
+                        engine if key == "cohort" else "reference",
+                        study,
+                        batch_size,
+                        trials,
+                        plan if key == "cohort" else None,
+                    )
+                rates[key] = max(rates[key], rate)
+        cohort_rate = rates.pop("cohort")
+        reference_rates = {int(key): rate for key, rate in rates.items()}
+        baseline = max(reference_rates.values())
+        one = reference_rates.get(1, float("nan"))
+        print(
+            f"{batch_size:>6} {one:>16.0f} {reference_rates[default_threads]:>16.0f} "
+            f"{cohort_rate:>10.0f} {cohort_rate / baseline:>6.2f}x  {describe(plan)}"
+        )
+        largest = (batch_size, cohort_rate, plan)
+
+    if args.sweep:
+        sweep(args, batch_sizes)
+
+    assert largest is not None
+    batch_size, cohort_rate, plan = largest
+    model = probe.workload.make_model()
+    flops = mlp_matmul_flops(model, batch_size) * cohort_rate
+    print("\nmatrix-multiply ceiling (float32, square matrices, best of 5)")
+    thread_options = [1, default_threads] if device.type == "cpu" else [default_threads]
+    peaks = {}
+    for threads in dict.fromkeys(thread_options):
+        peaks[threads] = max(matmul_flops_per_second(n, threads, device) for n in (512, 1024, 2048))
+        print(f"  {threads} thread(s): {peaks[threads] / 1e9:8.1f} GFLOP/s")
+    machine = max(peaks.values())
+    cores = default_threads
+    if plan is not None and plan.threads is not None:
+        cores = min(default_threads, plan.threads * max(plan.workers, 1))
+    print(
+        f"cohort engine at batch size {batch_size}: {flops / 1e9:.1f} GFLOP/s = "
+        f"{flops / machine:.0%} of the machine's best ({flops / peaks.get(cores, machine):.0%} "
+        f"of the {cores}-thread figure, the cores it used)"
+    )
+
+
+if __name__ == "__main__":
+    main()

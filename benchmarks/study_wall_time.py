@@ -1,0 +1,100 @@
+"""Wall time of a whole study: the reference loop in full mode against the cohort engine racing.
+
+Runs the default study (``StudyConfig()``: its workload, optimizer, batch sizes, trials,
+budgets and goal) twice into temporary stores, once with ``engine="reference", mode="full"``
+and once with ``engine="cohort", mode="race"``, and prints both wall times, their ratio, and
+steps to result at every batch size from both runs, checking that they are identical. The
+reference runs on one intra-op thread unless told otherwise: the cohort engine reproduces
+that loop bit for bit, while the reference's own curves change in their last bits with its
+thread count, and trials near the edge of stability amplify such differences. The reference
+run takes a long time on a small CPU; ``--quick`` runs a reduced study (fewer batch sizes,
+trials and steps) to check the script.
+
+    python benchmarks/study_wall_time.py [--quick] [--device cpu] [--reference-threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from batchscale import Study, StudyConfig, StudySummary
+from batchscale.training.cohort import intra_op_threads
+
+QUICK: dict[str, Any] = {"batch_sizes": (32, 256), "trials": 6, "step_budget": 1500}
+
+
+def parse_args() -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced study, to check the script")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--reference-threads",
+        type=int,
+        default=1,
+        help="intra-op CPU threads of the reference run (default 1: the cohort engine reproduces "
+        "the one-thread reference bit for bit; with more threads the reference's own curves "
+        "change in the last bits, which chaotic trials amplify)",
+    )
+    return parser.parse_args()
+
+
+def timed_run(config: StudyConfig, store: Path) -> tuple[float, StudySummary]:
+    """Run ``config`` into a fresh ``store``; the wall time and the summary."""
+    started = time.perf_counter()
+    summary = Study(config, store).run()
+    return time.perf_counter() - started, summary
+
+
+def main() -> None:
+    """Run both studies and print the table."""
+    args = parse_args()
+    base = StudyConfig(device=args.device).model_copy(update=QUICK if args.quick else {})
+    print(
+        f"machine: {platform.machine()}, {torch.get_num_threads()} threads by default, "
+        f"torch {torch.__version__}, device {args.device}"
+    )
+    print(
+        f"study: {base.workload}, {base.optimizer}, batch sizes {list(base.batch_sizes)}, "
+        f"{base.trials} trials each{' (quick)' if args.quick else ''}\n"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        with intra_op_threads(args.reference_threads):
+            reference_time, reference = timed_run(
+                base.model_copy(update={"engine": "reference", "mode": "full"}),
+                Path(folder) / "reference.sqlite",
+            )
+        cohort_time, cohort = timed_run(
+            base.model_copy(update={"engine": "cohort", "mode": "race"}),
+            Path(folder) / "cohort.sqlite",
+        )
+    header = f"{'batch':>6} {'reference+full':>15} {'cohort+race':>12} {'pruned':>7}  same"
+    print("steps to result (winning trial)")
+    print(header)
+    print("-" * len(header))
+    identical = True
+    for full, raced in zip(reference.batch_sizes, cohort.batch_sizes, strict=True):
+        same = (full.steps_to_result, full.best_trial) == (raced.steps_to_result, raced.best_trial)
+        identical &= same
+        print(
+            f"{full.batch_size:>6} {f'{full.steps_to_result} ({full.best_trial})':>15} "
+            f"{f'{raced.steps_to_result} ({raced.best_trial})':>12} {raced.pruned:>7}  "
+            f"{'yes' if same else 'NO'}"
+        )
+    print(
+        f"\nwall time: reference + full {reference_time:.1f} s "
+        f"({args.reference_threads} intra-op thread(s)), cohort + race {cohort_time:.1f} s"
+    )
+    print(f"speed-up: {reference_time / cohort_time:.1f}x")
+    print(f"steps to result identical at every batch size: {'yes' if identical else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()
