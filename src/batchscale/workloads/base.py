@@ -282,7 +282,7 @@ class Workload(ABC):
         if optimizer != "sgd":
             low, high = self.one_minus_momentum_range
             dimensions.append(reverse_loguniform("momentum", 1 - high, 1 - low))
-        dimensions.append(loguniform("end_learning_rate_factor", 1e-3, 1.0))
+        dimensions.append(loguniform("end_learning_rate_factor", 1e-4, 1.0))
         dimensions.append(uniform("decay_fraction", 0.5, 1.0))
         if self.label_smoothing_values:
             dimensions.append(choice("label_smoothing", self.label_smoothing_values))

@@ -156,7 +156,7 @@ def mnist1d_mlp() -> Mnist1dWorkload:
         default_target=0.3,
         budget=Budget(examples=200_000, min_steps=400, max_steps=20_000),
         learning_rate_range=(1e-2, 3.0),
-        one_minus_momentum_range=(3e-3, 0.5),
+        one_minus_momentum_range=(3e-3, 1.0),
         architecture="mlp",
         width=100,
     )
@@ -171,7 +171,7 @@ def mnist1d_cnn() -> Mnist1dWorkload:
         default_target=0.2,
         budget=Budget(examples=200_000, min_steps=400, max_steps=20_000),
         learning_rate_range=(1e-2, 3.0),
-        one_minus_momentum_range=(3e-3, 0.5),
+        one_minus_momentum_range=(3e-3, 1.0),
         architecture="cnn",
         width=32,
     )
