@@ -227,6 +227,17 @@ def run(
             help="Measure the gradient noise scale along each batch size's winner.",
         ),
     ] = None,
+    executor: Annotated[
+        str | None,
+        typer.Option(
+            help="local (in this process) or ray (cohorts as Ray tasks; a local Ray instance "
+            "unless --ray-address is given)."
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Address of an existing Ray cluster, e.g. HOST:6379."),
+    ] = None,
 ) -> None:
     """Run (or resume) a study and print its summary."""
     settings = build_config(
@@ -248,6 +259,8 @@ def run(
         engine=engine,
         eval_growth=eval_growth,
         noise_scale=noise_scale,
+        executor=executor,
+        ray_address=ray_address,
     )
     study = Study(settings, store)
     progress = BarProgress()

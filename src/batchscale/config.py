@@ -45,6 +45,9 @@ class StudyConfig(BaseModel):
     eval_growth: float = Field(default=1.1, gt=1.0, le=4.0)
     divergence_factor: float = Field(default=10.0, gt=1.0)
     noise_scale: bool = False
+    # Where cohorts run: not part of what a study measures, so a study may resume elsewhere.
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
 
     @field_validator("batch_sizes", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ running when the process died left nothing behind and starts again from scratch.
 from __future__ import annotations
 
 import math
+import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import torch
 from batchscale.analysis.goals import neighbouring_goals, order_goals
 from batchscale.analysis.steps_to_result import steps_to_result, trials_reaching
 from batchscale.config import ConfigError, StudyConfig
+from batchscale.executors import CohortJob, CohortWork, Executor, get_executor
 from batchscale.search import derive_seed
 from batchscale.store import StoreError, StudyStore
 from batchscale.training.engine import first_reaching_step, run_cohort
@@ -307,12 +309,21 @@ class Study:
 
     # -- running --------------------------------------------------------------------------
 
-    def run(self, progress: Progress | None = None) -> StudySummary:
-        """Run every trial not yet stored and return the summary."""
+    def run(
+        self, progress: Progress | None = None, executor: Executor | None = None
+    ) -> StudySummary:
+        """Run every trial not yet stored and return the summary.
+
+        Cohorts run where ``executor`` puts them: by default the one the settings name
+        (``executor``, ``ray_address``), opened for this run and closed after it. Only this
+        process writes the store, each trial as soon as the executor hands it back.
+        """
         progress = progress or Progress()
+        chosen = executor or get_executor(self.config.executor, self.config.ray_address)
         store = self.open_store()
         try:
             with store.writer_lock():
+                check_integrity(self.store_path)
                 planned = sorted(set(store.metadata["batch_sizes"]) | set(self.config.batch_sizes))
                 store.set_metadata("batch_sizes", planned)
                 store.set_metadata("trials", max(store.metadata["trials"], self.config.trials))
@@ -328,15 +339,24 @@ class Study:
                 }
                 total = len(self.config.batch_sizes) * self.config.trials
                 progress.start(total, total - sum(len(specs) for specs in pending.values()))
+                work = [
+                    self._cohort_work(store, batch_size, specs)
+                    for batch_size, specs in pending.items()
+                    if specs
+                ]
+                if work:
+                    self._run_cohorts(store, chosen, work, progress, owned=executor is None)
                 data = self.workload.data().to(self.device)
-                for batch_size, specs in pending.items():
-                    progress.batch_size(batch_size)
-                    if specs:
-                        self._run_batch_size(store, data, batch_size, specs, progress)
+                for batch_size in self.config.batch_sizes:
                     self._record_step_time(store, data, batch_size)
                 if self.config.noise_scale:
                     self._record_noise_scales(store)
             return summarize(store, self.workload.metric.name)
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as error:
+            raise StoreError(
+                f"{self.store_path} cannot be read or written ({error}); "
+                "restore it from a copy or use another --store"
+            ) from None
         finally:
             store.close()
 
@@ -458,14 +478,10 @@ class Study:
             for result in sorted(results, key=lambda r: r.spec.trial_id)
         ]
 
-    def _run_batch_size(
-        self,
-        store: StudyStore,
-        data: Data,
-        batch_size: int,
-        specs: list[TrialSpec],
-        progress: Progress,
-    ) -> None:
+    def _cohort_work(
+        self, store: StudyStore, batch_size: int, specs: list[TrialSpec]
+    ) -> CohortWork:
+        """The pending ``specs`` of ``batch_size``, with the best stored result when racing."""
         bound = None
         if self.config.mode == "race":
             bound = best_bound(
@@ -476,22 +492,34 @@ class Study:
                 self.rules.maximize,
             )
         steps = evaluation_steps(self.step_budget(batch_size), self.config.eval_growth)
+        return CohortWork(batch_size, tuple(specs), tuple(steps), bound)
+
+    def _run_cohorts(
+        self,
+        store: StudyStore,
+        executor: Executor,
+        work: list[CohortWork],
+        progress: Progress,
+        owned: bool,
+    ) -> None:
+        """Run ``work`` on ``executor``, storing each trial as it comes back."""
+        job = CohortJob(
+            workload=self.workload,
+            engine=self.config.engine,
+            rules=self.rules,
+            race=self.config.mode == "race",
+            device=self.config.device,
+        )
 
         def record(result: TrialResult) -> None:
             store.record(result)
             progress.trial_done(result)
 
-        run_cohort(
-            engine=self.config.engine,
-            workload=self.workload,
-            data=data,
-            specs=specs,
-            rules=self.rules,
-            evaluation_steps=steps,
-            race=self.config.mode == "race",
-            bound=bound,
-            on_result=record,
-        )
+        try:
+            executor.run(job, work, record, progress.batch_size)
+        finally:
+            if owned:
+                executor.close()
 
     @property
     def metric_column(self) -> str:
@@ -543,6 +571,22 @@ def noise_scale_of_winner(
         method=method,  # type: ignore[arg-type]
         step_budget=int(winner["step_budget"]),
     )
+
+
+def check_integrity(path: Path) -> None:
+    """Refuse a store whose file is damaged, before anything more is written to it."""
+    connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        problems = [str(row[0]) for row in connection.execute("PRAGMA quick_check")]
+    except sqlite3.DatabaseError as error:
+        problems = [str(error)]
+    finally:
+        connection.close()
+    if problems != ["ok"]:
+        problem = " ".join(problems[0].split())  # SQLite's report spans lines
+        raise StoreError(
+            f"{path} is damaged ({problem}); restore it from a copy or use another --store"
+        )
 
 
 def best_bound(

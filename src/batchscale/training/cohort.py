@@ -1060,7 +1060,10 @@ class _Lockstep:
         pending: _Evaluation | None = None
         try:
             for index, eval_step in enumerate(evaluation_steps):
-                self._prune(eval_step)
+                if pending is None:
+                    # Not while an evaluation runs beside: it reads the trials being dropped.
+                    # A trial to prune trains a stretch more, and is pruned before any row.
+                    self._prune(eval_step)
                 if self.results and self.step < eval_step:
                     self._train(eval_step)
                 if pending is not None:
