@@ -17,6 +17,7 @@ the data once per study and keeps it for the cohorts that follow.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -24,6 +25,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -46,6 +48,8 @@ from batchscale.workloads.base import Data, Workload
 LOOPBACK_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 TEMP_PREFIX = "batchscale-ray-"
 OWNER_FILE = "driver.pid"
+# Seconds after which a session folder without an owner is taken for an orphan.
+ORPHAN_AGE = 600.0
 MAX_RETRIES = 3
 CONNECT_TIMEOUT = 5.0
 
@@ -109,13 +113,21 @@ def without_data(workload: Workload) -> Workload:
 
 
 def _remove_stale_temp_dirs() -> None:
-    """Session folders of local instances whose driver was killed before it could clean up."""
+    """Session folders of local instances whose driver was killed before it could clean up.
+
+    A folder without its owner file is either just being made, or one that a killed
+    instance's last processes wrote to again after it was removed: only an old one goes.
+    """
     for folder in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*"):
         try:
             owner = int((folder / OWNER_FILE).read_text())
             os.kill(owner, 0)
         except ProcessLookupError:
             shutil.rmtree(folder, ignore_errors=True)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - folder.stat().st_mtime > ORPHAN_AGE:
+                    shutil.rmtree(folder, ignore_errors=True)
         except (OSError, ValueError):
             continue  # alive, another user's, or not ours to judge
 
