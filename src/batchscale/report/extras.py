@@ -32,6 +32,16 @@ def _sorted_sizes(entries: Mapping[str, Any]) -> list[int]:
     return sorted(int(size) for size in entries)
 
 
+def _log_batch_axes(ax: Axes, ylabel: str) -> None:
+    """Log-log axes with batch size (powers of two) across and ``ylabel`` up."""
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    format_batch_axis(ax)
+    format_value_axis(ax)
+    ax.set_xlabel("Batch size")
+    ax.set_ylabel(ylabel)
+
+
 def plot_time_to_result(
     ax: Axes,
     batch_sizes: ArrayLike,
@@ -53,12 +63,7 @@ def plot_time_to_result(
             color=FIT_COLOR,
             label=projected_label,
         )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    format_batch_axis(ax)
-    format_value_axis(ax)
-    ax.set_xlabel("Batch size")
-    ax.set_ylabel("Time to result (s)")
+    _log_batch_axes(ax, "Time to result (s)")
     ax.legend(loc="upper right")
     return ax
 
@@ -75,12 +80,7 @@ def plot_step_time(ax: Axes, batch_sizes: ArrayLike, seconds: ArrayLike) -> Axes
         color=REFERENCE_COLOR,
         label="proportional to batch size",
     )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    format_batch_axis(ax)
-    format_value_axis(ax)
-    ax.set_xlabel("Batch size")
-    ax.set_ylabel("Step time (ms)")
+    _log_batch_axes(ax, "Step time (ms)")
     ax.legend(loc="upper left")
     return ax
 
@@ -137,12 +137,7 @@ def plot_replicates(
             markersize=4, label="replicates: median")  # fmt: skip
     ax.plot(sizes, np.asarray(raw_steps, dtype=float), marker="o", color=DATA_COLOR,
             label="best trial of the search")  # fmt: skip
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    format_batch_axis(ax)
-    format_value_axis(ax)
-    ax.set_xlabel("Batch size")
-    ax.set_ylabel("Steps to result")
+    _log_batch_axes(ax, "Steps to result")
     ax.legend(loc="upper right")
     return ax
 
