@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from functools import cache
@@ -21,6 +23,7 @@ from batchscale.training.cohort import (
     intra_op_threads,
     plan_cohort,
     train_cohort,
+    worker_threads,
 )
 from batchscale.training.engine import Engine, first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps
@@ -411,6 +414,23 @@ def test_sampler_blocks_are_the_same_batches_as_one_at_a_time() -> None:
     expected = torch.stack([one.next_indices() for _ in range(23)])
     got = torch.cat([block.next_block(5), block.next_block(0), block.next_block(18)])
     assert torch.equal(got, expected)
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell one from many")
+def test_worker_threads_run_their_kernels_on_the_plan_s_threads() -> None:
+    # Intra-op settings are per thread: an unpinned worker multiplies on every core, and two
+    # such workers beside each other fight over the cores.
+    left, right = torch.randn(768, 768), torch.randn(768, 768)
+
+    def cpu_per_wall() -> float:
+        torch.mm(left, right)
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(20):
+            torch.mm(left, right)
+        return (time.process_time() - cpu) / (time.perf_counter() - wall)
+
+    with intra_op_threads(1), worker_threads(1, threads=1) as pool:
+        assert pool.submit(cpu_per_wall).result() < 1.5
 
 
 def test_intra_op_threads_are_restored() -> None:

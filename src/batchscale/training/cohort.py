@@ -199,7 +199,8 @@ class MlpKernels(Kernels):
     def _forward(self, weights: list[Tensor], hidden: Tensor, saved: list[Tensor] | None) -> Tensor:
         for op in self.ops:
             if op is None:
-                hidden = torch.relu(hidden)
+                # In place: the pre-activation is not needed (ReLU's backward reads its output).
+                hidden = torch.relu_(hidden)
                 if saved is not None:
                     saved.append(hidden)
                 continue
@@ -659,6 +660,17 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
             torch.set_num_threads(previous)
 
 
+def worker_threads(count: int, threads: int | None) -> ThreadPoolExecutor:
+    """``count`` Python threads whose kernels each run on ``threads`` intra-op threads.
+
+    The intra-op setting is per thread (OpenMP's and MKL's both): a fresh thread would run
+    every matrix multiply on all cores, and two such workers would fight over them.
+    """
+    if threads is None:
+        return ThreadPoolExecutor(count)
+    return ThreadPoolExecutor(count, initializer=torch.set_num_threads, initargs=(threads,))
+
+
 def _seconds(step: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -818,7 +830,7 @@ class _CohortState:
         self.source = batch_source(workload, self.specs, self.batch_size, data)
         self.chunks = self._chunks()
         workers = max(plan.workers, plan.eval_workers)
-        self.pool = ThreadPoolExecutor(workers) if workers > 1 else None
+        self.pool = worker_threads(workers, plan.threads) if workers > 1 else None
 
     def close(self) -> None:
         """Stop the worker threads, if any."""
@@ -848,9 +860,10 @@ class _CohortState:
         ).unsqueeze(1)
         return linear_decay(steps, self.learning_rate, self.end_factor, self.decay_steps)
 
-    def _chunk_gradients(
-        self, inputs: Tensor, targets: Tensor, chunk: tuple[slice, float]
+    def _chunk_step(
+        self, inputs: Tensor, targets: Tensor, rates: Tensor, chunk: tuple[slice, float]
     ) -> Tensor:
+        """Gradients and update of the trials in one chunk; returns their minibatch losses."""
         rows, smoothing = chunk
         micro = self.plan.micro_batch
         shares = [
@@ -869,20 +882,50 @@ class _CohortState:
         loss = shares[0]
         for share in shares[1:]:
             loss = loss + share
+        # The update is elementwise per trial, so a chunk's rows update on their own (in the
+        # worker that computed them, while their gradients are still in its cache).
+        batched_sgd_step(
+            [self.params[rows]],
+            [self.grads[rows]],
+            [self.velocity[rows]],
+            rates[rows],
+            self.momentum[rows],
+            self.optimizer,
+        )
         return loss
+
+    @property
+    def _concurrent(self) -> bool:
+        return self.pool is not None and self.plan.workers > 1 and len(self.chunks) > 1
 
     def train_step(self, inputs: Tensor, targets: Tensor, rates: Tensor) -> Tensor:
         """One update of every trial; returns each trial's minibatch loss."""
-        gradients = partial(self._chunk_gradients, inputs, targets)
-        if self.pool is not None and self.plan.workers > 1 and len(self.chunks) > 1:
-            # Chunks write disjoint rows of the gradient buffer, so they can run concurrently.
-            losses = list(self.pool.map(gradients, self.chunks))
-        else:
-            losses = [gradients(chunk) for chunk in self.chunks]
-        batched_sgd_step(
-            [self.params], [self.grads], [self.velocity], rates, self.momentum, self.optimizer
-        )
-        return losses[0] if len(losses) == 1 else torch.cat(losses)
+        return next(self.train_steps(iter([(inputs, targets)]), rates.unsqueeze(0)))
+
+    def train_steps(
+        self, batches: Iterator[tuple[Tensor, Tensor]], rates: Tensor
+    ) -> Iterator[Tensor]:
+        """One update of every trial per batch of ``batches`` (``rates``: ``[steps, k]``).
+
+        Yields each step's minibatch losses. With concurrent workers the next batch is
+        gathered while the workers train on this one.
+        """
+        upcoming = next(batches, None)
+        offset = 0
+        while upcoming is not None:
+            inputs, targets = upcoming
+            step = partial(self._chunk_step, inputs, targets, rates[offset])
+            if self._concurrent:
+                assert self.pool is not None
+                # Chunks read and write disjoint rows of every buffer, so they run concurrently.
+                running = [self.pool.submit(step, chunk) for chunk in self.chunks]
+                upcoming = next(batches, None)
+                losses = [future.result() for future in running]
+            else:
+                losses = [step(chunk) for chunk in self.chunks]
+                upcoming = next(batches, None)
+            offset += 1
+            yield losses[0] if len(losses) == 1 else torch.cat(losses)
 
     def _evaluation_sums(
         self, workload: Workload, params: Tensor, rows: slice, inputs: Tensor, targets: Tensor
@@ -1044,7 +1087,9 @@ class _Lockstep:
         self.initial_loss = torch.full_like(self.loss_sum, math.nan)
         self.losses_since_eval = 0
         self.step = 0
-        self.background = ThreadPoolExecutor(1) if state.plan.background_evaluation else None
+        self.background = (
+            worker_threads(1, state.plan.threads) if state.plan.background_evaluation else None
+        )
         self.step_seconds = 0.0
         self.evaluation_seconds = 0.0
 
@@ -1106,8 +1151,7 @@ class _Lockstep:
         started, first = time.perf_counter(), self.step
         state = self.state
         rates = state.learning_rates(self.step, until).to(state.params.dtype)
-        for offset, (inputs, targets) in enumerate(state.source.steps(until - self.step)):
-            loss = state.train_step(inputs, targets, rates[offset])
+        for loss in state.train_steps(state.source.steps(until - self.step), rates):
             self.loss_sum += loss
             if self.step == 0:
                 self.initial_loss = loss.double()
