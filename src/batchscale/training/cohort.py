@@ -55,7 +55,11 @@ KernelKind = Literal["mlp", "functional"]
 CPU_CHUNK_ROWS = 2048
 # Share of the free memory a cohort may fill with parameters, optimizer state and activations.
 MEMORY_FRACTION = 0.25
-# Concurrent workers must beat one thread by this factor to be chosen.
+# Concurrent workers on small kernel calls must beat one thread by this factor (the GIL makes
+# them slower more often than not); on calls of CPU_CHUNK_ROWS rows, or evaluation's, they are
+# kept unless slower by its inverse: they share work out as they go, so another job holding a
+# core for a while costs them little, while a timing taken in such a while would rule them
+# out for the whole batch size.
 THREADS_MARGIN = 0.9
 # Indices of at most this many examples are drawn ahead of the steps that use them.
 INDEX_BLOCK = 1 << 22
@@ -706,13 +710,13 @@ def tune_plan(
     many threads split a reduction, and threads that wait on each other cannot stall when other
     work takes their cores. More cores are used by training chunks of trials, and evaluating
     parts of a split, concurrently from as many Python threads (PyTorch releases the GIL inside
-    its kernels). That changes no number, and is kept where it wins clearly (by
-    ``THREADS_MARGIN``); at small batches the GIL makes it slower. The hand-written kernels do
-    less work than autograd at every batch size; ``torch.func``'s may not, and are compared
-    with a reference step under the process's threads, which the reference loop runs under.
-    Timings are interleaved, on copies of the first trials (the trials themselves are
-    untouched), each the best of ``repeats`` after a warm-up, so that a burst of other work on
-    the machine does not decide.
+    its kernels). That changes no number. At small batches the GIL makes it slower, and it
+    must win clearly; on full kernel calls it is kept unless clearly slower (``THREADS_MARGIN``).
+    The hand-written kernels do less work than autograd at every batch size; ``torch.func``'s
+    may not, and are compared with a reference step under the process's threads, which the
+    reference loop runs under. Timings are interleaved, on copies of the first trials (the
+    trials themselves are untouched), each the best of ``repeats`` after a warm-up, so that a
+    burst of other work on the machine does not decide.
     """
     device = data.train.inputs.device
     cohort = specs[: plan.cohort_size]
@@ -746,7 +750,9 @@ def tune_plan(
             state.close()
     # The first round warms up.
     best = [min(timings[1:]) for timings in seconds]
-    tuned = candidates[-1] if best[-1] < THREADS_MARGIN * best[0] else plan
+    full_calls = plan.chunk_trials * plan.micro_batch >= CPU_CHUNK_ROWS
+    margin = 1 / THREADS_MARGIN if full_calls else THREADS_MARGIN
+    tuned = candidates[-1] if best[-1] <= margin * best[0] else plan
     if reference is not None and min(best) / len(sample) >= min(reference_seconds[1:]):
         return None
     if plan.kernels == "mlp" and cores > 1:
@@ -760,7 +766,7 @@ def tune_plan(
 
 
 def _evaluation_workers(
-    workload: Workload, data: Data, specs: list[TrialSpec], plan: CohortPlan, repeats: int = 3
+    workload: Workload, data: Data, specs: list[TrialSpec], plan: CohortPlan, repeats: int = 5
 ) -> int:
     """One worker or one per core for evaluation, timed on part of the validation split."""
     part = Split(
@@ -778,7 +784,7 @@ def _evaluation_workers(
                     evaluation = partial(state.evaluate, workload, part)
                     timings.append(_seconds(evaluation, state.params.device))
         one, many = (min(timings[1:]) for timings in seconds)
-        return workers if many < THREADS_MARGIN * one else 1
+        return workers if many <= one / THREADS_MARGIN else 1
     finally:
         for state in states:
             state.close()
