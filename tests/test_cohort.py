@@ -14,12 +14,14 @@ import torch
 from torch import nn
 
 from batchscale import Study, StudyConfig
+from batchscale.training import cohort as cohort_module
 from batchscale.training.cohort import (
     CohortPlan,
     FunctionalKernels,
     MlpKernels,
     ParameterLayout,
     choose_kernels,
+    class_major_log_softmax_is_exact,
     intra_op_threads,
     plan_cohort,
     train_cohort,
@@ -254,8 +256,18 @@ def test_a_stored_bound_prunes_from_the_start() -> None:
         assert result.steps <= bound.last_useful_step(result.spec.trial_id)
 
 
-def test_mlp_trials_follow_the_reference_bit_for_bit_even_where_training_is_chaotic() -> None:
+@pytest.mark.parametrize("class_major", [True, False], ids=["class-major", "row-wise"])
+def test_mlp_trials_follow_the_reference_bit_for_bit_even_where_training_is_chaotic(
+    class_major: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if class_major and not class_major_log_softmax_is_exact(10, torch.float32):
+        pytest.skip("this machine's log-softmax kernels differ between layouts")
+    if not class_major:
+        monkeypatch.setattr(cohort_module, "class_major_log_softmax_is_exact", lambda *_: False)
     study = _study("mnist1d-mlp", "nesterov")
+    model = study.workload.make_model()
+    assert isinstance(model, nn.Sequential)
+    assert MlpKernels(model, ParameterLayout.of(model)).class_major == class_major
     # Effective learning rates of 3 to 10: far past the edge of stability, where a difference
     # in the last bit of one update grows into a different curve within a few hundred steps.
     space = {

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from functools import partial
+from functools import cache, partial
 from typing import Any, Literal
 
 import torch
@@ -104,6 +104,42 @@ class ParameterLayout:
 
 # -- kernels ------------------------------------------------------------------------------
 
+# Examples per kernel call must be a multiple of this for the class-major log-softmax: then
+# PyTorch's CPU kernel works on whole vectors of examples, with no scalar remainder.
+CLASS_MAJOR_ALIGNMENT = 16
+
+
+@cache
+def class_major_log_softmax_is_exact(classes: int, dtype: torch.dtype) -> bool:
+    """Whether log-softmax over dimension 1 of ``[k, classes, n]`` equals, bit for bit, the
+    row-wise kernel on ``[k, n, classes]`` (forward and backward), for ``n`` a multiple of
+    ``CLASS_MAJOR_ALIGNMENT``.
+
+    PyTorch's CPU kernel over a short last dimension reduces one row at a time, an order of
+    magnitude slower than over a leading dimension, where it runs along whole vectors of
+    examples. Both add the exponentials in class order with the same vectorised exp and log on
+    AVX-512 machines, but not on every build (AVX2 reduces rows as a tree), so a probe on this
+    machine decides: random logits at several scales and example counts, one intra-op thread.
+    """
+    generator = torch.Generator().manual_seed(0)
+    with intra_op_threads(1):
+        for examples in (CLASS_MAJOR_ALIGNMENT, 3 * CLASS_MAJOR_ALIGNMENT, 1024, 4096):
+            for scale in (1e-3, 1.0, 10.0, 1e3):
+                shape = (2, examples, classes)
+                logits = (torch.randn(shape, generator=generator) * scale).to(dtype)
+                upstream = (torch.randn(shape, generator=generator) * scale).to(dtype)
+                rowwise = torch.log_softmax(logits, -1)
+                class_major = torch.log_softmax(logits.transpose(1, 2).contiguous(), 1)
+                if not torch.equal(rowwise, class_major.transpose(1, 2)):
+                    return False
+                expected = torch.ops.aten._log_softmax_backward_data(upstream, rowwise, -1, dtype)
+                got = torch.ops.aten._log_softmax_backward_data(
+                    upstream.transpose(1, 2).contiguous(), class_major, 1, dtype
+                )
+                if not torch.equal(expected, got.transpose(1, 2)):
+                    return False
+    return True
+
 
 class Kernels(ABC):
     """Batched forward and backward passes of K copies of one architecture."""
@@ -160,12 +196,13 @@ class MlpKernels(Kernels):
     """Hand-written passes for an ``nn.Sequential`` of ``Linear`` and ``ReLU`` layers.
 
     The loss is the workload's default cross-entropy (with label smoothing). No autograd graph
-    is built, yet every kernel is the one autograd runs for a single trial (``baddbmm`` and
-    ``bmm`` compute each trial's matrix product exactly as ``addmm`` and ``mm`` do, whatever
-    the number of trials), so a trial's parameters follow the reference loop's bit for bit
-    (without micro-batches, whose gradients add up in another order). That matters: near the
-    edge of stability, a difference in the last bit grows into a different curve within a few
-    hundred steps, and steps to result would then depend on the engine.
+    is built, yet every kernel computes what autograd's does for a single trial (``baddbmm``
+    and ``bmm`` compute each trial's matrix product exactly as ``addmm`` and ``mm`` do, whatever
+    the number of trials; the log-softmax runs class-major only where a probe shows that layout
+    gives the row-wise kernel's bits), so a trial's parameters follow the reference loop's bit
+    for bit (without micro-batches, whose gradients add up in another order). That matters:
+    near the edge of stability, a difference in the last bit grows into a different curve
+    within a few hundred steps, and steps to result would then depend on the engine.
     """
 
     def __init__(self, model: nn.Sequential, layout: ParameterLayout) -> None:
@@ -185,6 +222,11 @@ class MlpKernels(Kernels):
             layer.in_features for layer in model if isinstance(layer, nn.Linear)
         )
         self.element_size = next(p.element_size() for p in model.parameters())
+        self.classes = self.widths[max(i for i, op in enumerate(self.ops) if op is not None)]
+        parameter = next(model.parameters())
+        self.class_major = parameter.device.type == "cpu" and class_major_log_softmax_is_exact(
+            self.classes, parameter.dtype
+        )
 
     @staticmethod
     def supports(model: nn.Module, workload: Workload, data: Data) -> bool:
@@ -234,20 +276,30 @@ class MlpKernels(Kernels):
         out = self.layout.views(grads[rows])
         saved: list[Tensor] = []
         logits = self._forward(weights, inputs, saved)
-        log_probs = torch.log_softmax(logits, -1)
-        picked_index = targets.unsqueeze(-1)
-        picked = log_probs.gather(-1, picked_index)
+        class_major = self.class_major and logits.shape[1] % CLASS_MAJOR_ALIGNMENT == 0
+        # Class-major ([k, C, n]) where that is bit for bit the row-wise kernel, only faster.
+        dim = 1 if class_major else -1
+        laid_out = logits.transpose(1, 2).contiguous() if class_major else logits
+        log_probs = torch.log_softmax(laid_out, dim)
+        picked_index = targets.unsqueeze(dim)
+        picked = log_probs.gather(dim, picked_index)
         per_example = -picked
         if label_smoothing:
-            smooth = -log_probs.mean(-1, keepdim=True)
+            # The mean over classes in the row-wise layout: the reference's order of additions.
+            rowwise = log_probs.transpose(1, 2).contiguous() if class_major else log_probs
+            smooth = -rowwise.mean(-1, keepdim=True)
+            if class_major:
+                smooth = smooth.transpose(1, 2)
             per_example = (1 - label_smoothing) * per_example + label_smoothing * smooth
         loss = per_example.sum((1, 2)).div_(batch_size)
         delta = torch.ops.aten._log_softmax_backward_data(
-            self._loss_gradient(log_probs, picked_index, label_smoothing, batch_size),
+            self._loss_gradient(log_probs, picked_index, label_smoothing, batch_size, dim),
             log_probs,
-            -1,
+            dim,
             logits.dtype,
         )
+        if class_major:
+            delta = delta.transpose(1, 2).contiguous()
         for position in range(len(self.ops) - 1, self.first_linear - 1, -1):
             op = self.ops[position]
             layer_input = saved[position]
@@ -270,7 +322,7 @@ class MlpKernels(Kernels):
 
     @staticmethod
     def _loss_gradient(
-        log_probs: Tensor, picked_index: Tensor, label_smoothing: float, batch_size: int
+        log_probs: Tensor, picked_index: Tensor, label_smoothing: float, batch_size: int, dim: int
     ) -> Tensor:
         """d(mean cross-entropy)/d(log-probabilities), rounded step by step as autograd does.
 
@@ -281,12 +333,12 @@ class MlpKernels(Kernels):
         """
         one = torch.ones((), dtype=log_probs.dtype)
         at_label = float(-((one * (1 - label_smoothing)) / batch_size))
-        everywhere = float(-((one * (label_smoothing / log_probs.shape[-1])) / batch_size))
+        everywhere = float(-((one * (label_smoothing / log_probs.shape[dim])) / batch_size))
         gradient = torch.full_like(log_probs, everywhere)
         label = torch.full(
             picked_index.shape, at_label, dtype=log_probs.dtype, device=log_probs.device
         )
-        return gradient.scatter_add_(-1, picked_index, label)
+        return gradient.scatter_add_(dim, picked_index, label)
 
     def outputs(self, params: Tensor, rows: slice, inputs: Tensor) -> Tensor:
         """See ``Kernels.outputs``."""
