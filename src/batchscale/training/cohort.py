@@ -222,10 +222,10 @@ class MlpKernels(Kernels):
             layer.in_features for layer in model if isinstance(layer, nn.Linear)
         )
         self.element_size = next(p.element_size() for p in model.parameters())
-        self.classes = self.widths[max(i for i, op in enumerate(self.ops) if op is not None)]
+        classes = self.widths[max(i for i, op in enumerate(self.ops) if op is not None)]
         parameter = next(model.parameters())
         self.class_major = parameter.device.type == "cpu" and class_major_log_softmax_is_exact(
-            self.classes, parameter.dtype
+            classes, parameter.dtype
         )
 
     @staticmethod
