@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -419,6 +421,59 @@ def test_concurrent_workers_and_background_evaluation_change_no_number() -> None
                 _assert_rows_close(got[trial_id].measurements, result.measurements)
                 errors = [r["val/classification_error"] for r in got[trial_id].measurements]
                 assert errors == [r["val/classification_error"] for r in result.measurements]
+
+
+class _DoneAtOnce(Executor):
+    """An executor whose futures are done when submitted: an evaluation beside training that
+    finishes before the next stretch's first step."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_trials_stop_as_soon_as_an_evaluation_beside_training_ends_or_prunes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    study = _study("mnist1d-mlp", "nesterov")
+    specs = study.trial_specs(32)
+    serial = plan_cohort(study.workload, study.workload.data(), specs, check_speed=False)
+    assert serial is not None and serial.workers == serial.eval_workers == 1
+    trial_steps: list[int] = []
+    train_steps = cohort_module._CohortState.train_steps
+
+    def counted(
+        state: cohort_module._CohortState, batches: Iterator[Any], rates: torch.Tensor
+    ) -> Iterator[torch.Tensor]:
+        for losses in train_steps(state, batches, rates):
+            trial_steps[-1] += len(losses)
+            yield losses
+
+    measure = cohort_module._Lockstep._measure
+
+    def instant(lockstep: cohort_module._Lockstep, params: torch.Tensor, workers: int) -> Any:
+        values = measure(lockstep, params, workers)
+        lockstep.evaluation_seconds = 0.0  # so that every evaluation goes beside training
+        return values
+
+    monkeypatch.setattr(cohort_module._CohortState, "train_steps", counted)
+    monkeypatch.setattr(cohort_module._Lockstep, "_measure", instant)
+    monkeypatch.setattr(cohort_module, "worker_threads", lambda count, threads: _DoneAtOnce())
+    runs = {}
+    for plan in (serial, replace(serial, background_evaluation=True)):
+        trial_steps.append(0)
+        runs[plan.background_evaluation] = _by_id(
+            _run("cohort", study.workload, specs, _rules("mnist1d-mlp"), True, plan)
+        )
+    # Its outcome is applied before the next stretch trains a step: no trial trains a step
+    # that the evaluation in the foreground would have spared.
+    assert trial_steps[0] == trial_steps[1]
+    assert any(r.status == Status.PRUNED for r in runs[False].values())
+    for trial_id, result in runs[False].items():
+        beside = runs[True][trial_id]
+        assert (beside.status, beside.steps) == (result.status, result.steps)
+        assert beside.measurements == result.measurements
 
 
 def test_sampler_blocks_are_the_same_batches_as_one_at_a_time() -> None:

@@ -56,13 +56,16 @@ CPU_CHUNK_ROWS = 2048
 # Share of the free memory a cohort may fill with parameters, optimizer state and activations.
 MEMORY_FRACTION = 0.25
 # Concurrent workers on small kernel calls must beat one thread by this factor (the GIL makes
-# them slower more often than not); on calls of CPU_CHUNK_ROWS rows, or evaluation's, they are
-# kept unless slower by its inverse: they share work out as they go, so another job holding a
+# them slower more often than not); on calls of CPU_CHUNK_ROWS rows they are kept unless
+# slower by its inverse: they share work out as they go, so another job holding a
 # core for a while costs them little, while a timing taken in such a while would rule them
 # out for the whole batch size.
 THREADS_MARGIN = 0.9
 # Indices of at most this many examples are drawn ahead of the steps that use them.
 INDEX_BLOCK = 1 << 22
+# While an evaluation runs beside training, training looks at it this many times a stretch, so
+# that the trials it ends or prunes stop soon after it is done rather than at the stretch's end.
+LOOKS_PER_STRETCH = 8
 
 
 # -- parameters ---------------------------------------------------------------------------
@@ -810,36 +813,14 @@ def tune_plan(
     if plan.kernels == "mlp" and cores > 1:
         tuned = replace(
             tuned,
-            eval_workers=_evaluation_workers(workload, data, sample, tuned),
+            # Evaluation calls are full ones (2 * CPU_CHUNK_ROWS rows, forward only) that hold
+            # the GIL for a sliver of their time, so every core takes a share of the parts.
+            # Timing that per batch size cost 1.5 s of a 40 s default study and always agreed.
+            eval_workers=cores,
             # Training on one core leaves the others free to evaluate beside it.
             background_evaluation=tuned.workers == 1,
         )
     return tuned
-
-
-def _evaluation_workers(
-    workload: Workload, data: Data, specs: list[TrialSpec], plan: CohortPlan, repeats: int = 5
-) -> int:
-    """One worker or one per core for evaluation, timed on part of the validation split."""
-    part = Split(
-        data.validation.inputs[: 2 * plan.eval_examples],
-        data.validation.targets[: 2 * plan.eval_examples],
-    )
-    workers = torch.get_num_threads()
-    candidates = [replace(plan, eval_workers=1), replace(plan, eval_workers=workers)]
-    states = [_CohortState(workload, data, specs, candidate) for candidate in candidates]
-    seconds: list[list[float]] = [[], []]
-    try:
-        with intra_op_threads(1):
-            for _ in range(repeats + 1):
-                for state, timings in zip(states, seconds, strict=True):
-                    evaluation = partial(state.evaluate, workload, part)
-                    timings.append(_seconds(evaluation, state.params.device))
-        one, many = (min(timings[1:]) for timings in seconds)
-        return workers if many <= one / THREADS_MARGIN else 1
-    finally:
-        for state in states:
-            state.close()
 
 
 # -- the engine ---------------------------------------------------------------------------
@@ -1102,6 +1083,10 @@ class _Evaluation:
     pending: Future[tuple[list[float], ...]] | None = None
     values: tuple[list[float], ...] = ()
 
+    def done(self) -> bool:
+        """Whether the values are there (``wait`` returns at once)."""
+        return self.pending is None or self.pending.done()
+
     def wait(self) -> tuple[list[float], ...]:
         """Validation loss and metric, test loss and metric, one entry per trial."""
         if self.pending is not None:
@@ -1115,9 +1100,10 @@ class _Lockstep:
 
     Where training runs on one core and the next stretch of training takes at least half as
     long as an evaluation, the evaluation of a step runs on another core while training goes
-    on (from a copy of the parameters). Its outcome is applied before the next evaluation:
-    trials that ended at it have trained a stretch more, which is thrown away, and trials
-    pruned by it get no row at the next step, exactly as if they had stopped at once.
+    on (from a copy of the parameters). Its outcome is applied once it is done, between parts
+    of the stretch and at the latest before the next evaluation: trials that ended at it have
+    trained some steps more, which are thrown away, and trials pruned by it get no row at the
+    next step, exactly as if they had stopped at once.
     """
 
     def __init__(
@@ -1168,7 +1154,7 @@ class _Lockstep:
                     # A trial to prune trains a stretch more, and is pruned before any row.
                     self._prune(eval_step)
                 if self.results and self.step < eval_step:
-                    self._train(eval_step)
+                    pending = self._train(eval_step, pending)
                 if pending is not None:
                     self._record(pending)
                     pending = None
@@ -1205,11 +1191,33 @@ class _Lockstep:
             }
         )
 
-    def _train(self, until: int) -> None:
-        started, first = time.perf_counter(), self.step
+    def _train(self, until: int, pending: _Evaluation | None) -> _Evaluation | None:
+        """Train the running trials to step ``until``; returns ``pending`` if not yet recorded.
+
+        While ``pending`` is evaluated beside, training goes in parts; once it is done its rows
+        are recorded there and the trials it ends or prunes stop at once (each part's batches
+        are drawn for exactly its steps, so the others' data order is untouched).
+        """
+        first, seconds = self.step, 0.0
+        part = max(1, -(-(until - first) // LOOKS_PER_STRETCH))
+        while self.results and self.step < until:
+            if pending is not None and pending.done():
+                self._record(pending)
+                pending = None
+                self._prune(until)
+                continue
+            steps = until - self.step if pending is None else min(part, until - self.step)
+            seconds += self._train_part(steps)
+        if self.step > first:
+            self.step_seconds = seconds / (self.step - first)
+        return pending
+
+    def _train_part(self, steps: int) -> float:
+        """Train the running trials ``steps`` steps; returns the seconds it took."""
+        started = time.perf_counter()
         state = self.state
-        rates = state.learning_rates(self.step, until).to(state.params.dtype)
-        for loss in state.train_steps(state.source.steps(until - self.step), rates):
+        rates = state.learning_rates(self.step, self.step + steps).to(state.params.dtype)
+        for loss in state.train_steps(state.source.steps(steps), rates):
             self.loss_sum += loss
             if self.step == 0:
                 self.initial_loss = loss.double()
@@ -1218,8 +1226,8 @@ class _Lockstep:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
-        self.step_seconds = seconds / (until - first)
         self.share(seconds, train=True)
+        return seconds
 
     def _evaluate(self, stretch_seconds: float) -> _Evaluation:
         """Evaluate every running trial now; in the background if training can go on beside."""
