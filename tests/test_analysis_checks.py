@@ -98,15 +98,26 @@ def test_few_reached_check_separates_none_from_few() -> None:
 
 def test_fit_checks() -> None:
     sizes = [8.0, 16.0, 32.0, 64.0]
-    assert "fewer than two" in fit_warnings(None, sizes)[0].message
+    assert "fewer than two" in fit_warnings(None)[0].message
     perfect = fit_steps_to_result(sizes, [800.0, 400.0, 200.0, 100.0])
-    assert "falls as 1/B" in fit_warnings(perfect, sizes)[0].message
+    assert "falls as 1/B" in fit_warnings(perfect)[0].message
     flat = fit_steps_to_result(sizes, [100.0, 100.0, 100.0, 100.0])
-    assert "stays flat" in fit_warnings(flat, sizes)[0].message
+    assert "stays flat" in fit_warnings(flat)[0].message
     beyond = fit_steps_to_result(sizes, [10 * (1 + 200 / b) for b in sizes])
-    assert "extrapolation" in fit_warnings(beyond, sizes)[0].message
+    assert "extrapolation" in fit_warnings(beyond)[0].message
     inside = fit_steps_to_result(sizes, [10 * (1 + 20 / b) for b in sizes])
-    assert fit_warnings(inside, sizes) == []
+    assert fit_warnings(inside) == []
+
+
+def test_a_critical_batch_size_beyond_the_sizes_that_reached_the_goal_is_an_extrapolation() -> None:
+    # Measured up to 1024, but only 8 to 64 reached the goal: B_crit = 300 is beyond the fit.
+    sizes = [8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0]
+    steps = [10 * (1 + 300 / b) for b in sizes[:4]] + [None] * 4
+    fit = fit_steps_to_result(sizes, steps)
+    assert fit.batch_sizes == (8.0, 16.0, 32.0, 64.0)
+    assert fit.b_crit == pytest.approx(300, rel=1e-3)
+    [warning] = fit_warnings(fit)
+    assert "extrapolation" in warning.message and "[8, 64]" in warning.message
 
 
 def curve(goal: float, b_crit: float, *, chosen: bool = False, reached: int = 4) -> GoalCurve:

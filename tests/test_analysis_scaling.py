@@ -10,6 +10,7 @@ from batchscale.analysis import (
     bootstrap_steps_to_result,
     fit_measurements,
     fit_steps_to_result,
+    fittable,
     local_slopes,
     regimes,
 )
@@ -96,6 +97,25 @@ def test_pure_perfect_scaling_and_flat_curves_leave_b_crit_unlocated() -> None:
     flat = fit_steps_to_result(SIZES, np.full(len(SIZES), 40.0))
     assert flat.b_crit_at_bound and flat.b_crit < SIZES.min() / 100
     assert flat.s_min == pytest.approx(40.0, rel=1e-3)
+
+
+def test_an_interval_wider_than_the_searched_range_is_not_given() -> None:
+    # Flat and noisy: B_crit lands far below the data yet off its bound, and the linearised
+    # interval of log B_crit spans more than the whole searched range (it used to overflow).
+    fit = fit_steps_to_result([16, 64, 256], [1020, 1165, 951.0])
+    assert not fit.b_crit_at_bound and fit.b_crit < 1
+    assert fit.interval_method == "least-squares covariance"
+    assert fit.b_crit_interval is None and fit.e_min_interval is None
+    assert fit.s_min_interval is not None
+    assert "B_crit = 0.04524, E_min" in fit.describe()
+
+
+def test_a_goal_met_before_training_is_not_fitted() -> None:
+    # The untrained model beats the goal: steps to result 0 at every batch size says nothing.
+    frame = measurements([(8, 0, 0, 0.5), (16, 0, 0, 0.5), (32, 0, 0, 0.5), (32, 0, 9, 0.1)])
+    assert not fittable([8, 16, 32], [0, 0, 0])
+    assert fittable([8, 16, 32], [0, 7, 5])
+    assert fit_measurements(frame, "val/error", 0.6, samples=10) is None
 
 
 def test_replicates_give_a_percentile_interval() -> None:

@@ -27,7 +27,8 @@ from batchscale.analysis import (
     trial_outcomes,
     winners,
 )
-from tests.synthetic_study import B_CRIT, S_MIN
+from batchscale.analysis.analyze import StoredStudy
+from tests.synthetic_study import B_CRIT, S_MIN, TARGET
 
 
 def frame(rows: list[tuple[int, int, int, float, float]]) -> pd.DataFrame:
@@ -181,16 +182,28 @@ def test_analyze_recovers_the_synthetic_law(synthetic_store: Path) -> None:
     assert (analysis.reached >= 3).all()
     summary = json.loads(json.dumps(analysis.json_summary()))
     assert summary["fit"]["b_crit"] == pytest.approx(analysis.fit.b_crit)
-    assert summary["fit"]["interval"]["method"].startswith("bootstrap over trials (100 of 100")
+    # Raced: a resample without the winners has no measured steps to result.
+    assert summary["fit"]["interval"]["method"] == "least-squares covariance"
+    study = StoredStudy.read(synthetic_store)
+    full = analyze(
+        study.measurements, study.trials, "val/classification_error", TARGET, bootstrap_samples=100
+    )
+    assert full.fit is not None and full.fit.b_crit == analysis.fit.b_crit
+    assert full.fit.interval_method == "bootstrap over trials (100 of 100 resamples fitted)"
     assert [g["chosen"] for g in summary["goals"]] == [False, True, False]
     # Trials stop at the goal, so the harder goal is censored and not fitted.
     assert summary["goals"][2]["censored"] and summary["goals"][2]["b_crit"] is None
 
 
 def test_fit_and_warnings_for_show_json(trained_store: Path) -> None:
-    result = fit_and_warnings(trained_store, goals=[0.6])
-    json.dumps(result)
-    assert result["fit"] is None or result["fit"]["b_crit"] > 0
+    result = json.loads(json.dumps(fit_and_warnings(trained_store, goals=[0.6])))
+    fit = analyze_store(trained_store).fit
+    assert fit is not None
+    assert result["fit"]["b_crit"] == pytest.approx(fit.b_crit)
+    assert result["fit"]["e_min"] == pytest.approx(result["fit"]["s_min"] * fit.b_crit)
+    # A raced study's pruned trials never measured their own steps to result, so resampling
+    # trials cannot give an interval: it is the least-squares one.
+    assert result["fit"]["interval"]["method"] == "least-squares covariance"
     assert all(set(w) == {"check", "batch_sizes", "message"} for w in result["warnings"])
     assert [g["goal"] for g in result["goals"]] == [0.6, 0.5]
 
@@ -223,3 +236,24 @@ def test_analyze_handles_imported_data_without_budgets_or_search_space() -> None
     # Trials here ran past the goal, so the harder goal is measured and agrees.
     assert not any(c.censored for c in analysis.goal_curves)
     assert np.isfinite(analysis.goal_curves[-1].steps).all()
+
+
+def test_a_neighbouring_goal_the_untrained_model_meets_gets_no_fit() -> None:
+    # Initial error 0.5 beats the easier goal 0.528 (10% above 0.48) at step 0 everywhere.
+    rows, trials = [], []
+    for size in (8, 16, 32, 64):
+        for trial in range(3):
+            hit = 10 * (1 + 32 // size) + trial
+            rows += [(size, trial, 0, 0.5), (size, trial, hit, 0.3), (size, trial, 400, 0.2)]
+            trials.append((size, trial, "COMPLETE", 0.1))
+    measurements = pd.DataFrame(
+        rows, columns=["batch_size", "trial_id", "step", "val/error"]
+    ).set_index(["batch_size", "trial_id", "step"])
+    table = pd.DataFrame(
+        trials, columns=["batch_size", "trial_id", "status", "learning_rate"]
+    ).set_index(["batch_size", "trial_id"])
+    analysis = analyze(measurements, table, "val/error", 0.48, bootstrap_samples=20)
+    easier, chosen, _ = analysis.goal_curves
+    assert easier.goal == pytest.approx(0.528) and easier.steps == (0.0, 0.0, 0.0, 0.0)
+    assert easier.fit is None
+    assert chosen.fit is not None and analysis.fit is not None

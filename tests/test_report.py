@@ -135,7 +135,8 @@ def test_report_page_says_what_the_study_found(synthetic_report: Path) -> None:
     ):
         assert f">{heading}" in page
     assert "synthetic / momentum: steps to val/classification_error &lt; 0.1" in page
-    assert "bootstrap over trials (100 of 100 resamples fitted)" in page
+    # A raced study: the interval is the least-squares one, and the page says so.
+    assert "Intervals: 95%, least-squares covariance." in page
     assert "not measurable: trials stop at the study&#x27;s goal" in page
     assert "reverse_log" in page and "matplotlib" in page
     # One summary row per batch size, with its steps to result.
@@ -300,3 +301,16 @@ def test_plot_winner_metaparameter_references() -> None:
     linear, root = by_label["linear scaling"], by_label["square-root scaling"]
     assert linear.get_ydata()[-1] == pytest.approx(1.6)
     assert root.get_ydata()[-1] == pytest.approx(0.4)
+
+
+def test_a_goal_met_before_any_training_still_gets_a_report(tmp_path: Path) -> None:
+    from batchscale import Study, StudyConfig
+    from tests.conftest import TINY_NQM
+
+    store = tmp_path / "s.sqlite"
+    # The untrained NQM's loss (about 2.6) already beats this goal: steps to result is 0.
+    summary = Study(StudyConfig(**{**TINY_NQM, "target": 1e6}), store).run()
+    assert {row.steps_to_result for row in summary.batch_sizes} == {0}
+    page = write_report(store, tmp_path / "report", bootstrap_samples=0).read_text()
+    assert "validation_curves.png" in page
+    assert analyze_store(store).fit is None

@@ -41,6 +41,7 @@ from batchscale.analysis.scaling import (
     bootstrap_steps_to_result,
     fit_measurements,
     fit_steps_to_result,
+    fittable,
     local_slopes,
     regimes,
 )
@@ -87,6 +88,7 @@ __all__ = [
     "fit_measurements",
     "fit_steps_to_result",
     "fit_warnings",
+    "fittable",
     "goal_curves",
     "goal_warnings",
     "late_winner_warnings",

@@ -87,10 +87,12 @@ def analyze(
     ``metric`` is the validation column that defines the goal (``val/classification_error``,
     say). ``goals`` are compared with ``target`` for the fragile-goal check (default: 10%
     easier and harder); ``stop_target`` is the goal trials stopped at (harder goals are
-    censored). With ``raced``, trials were pruned once they could no longer win, so how many
-    reached the goal says nothing about sensitivity and only "none reached" is flagged. The
-    fit's interval is a bootstrap over trials with
-    ``bootstrap_samples`` resamples drawn from ``seed`` (0 samples: least-squares interval).
+    censored). The fit's interval is a bootstrap over trials with ``bootstrap_samples``
+    resamples drawn from ``seed`` (0 samples: the least-squares interval). With ``raced``,
+    trials were pruned once they could no longer win: how many reached the goal then says
+    nothing about sensitivity (only "none reached" is flagged), and a resample without the
+    winners has no steps to result (the pruned trials' would have come later, but unmeasured),
+    so the interval is the least-squares one.
     """
     winning = winners(measurements, trials, metric, target, maximize)
     reached = trials_reaching(measurements, metric, target, maximize)
@@ -99,7 +101,7 @@ def analyze(
         metric,
         target,
         maximize,
-        samples=bootstrap_samples,
+        samples=0 if raced else bootstrap_samples,
         seed=seed,
         confidence=confidence,
     )

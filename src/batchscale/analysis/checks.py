@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from batchscale.analysis.goals import GoalCurve, goal_curves
-from batchscale.analysis.scaling import ScalingFit, fit_steps_to_result
+from batchscale.analysis.scaling import ScalingFit, fit_steps_to_result, fittable
 from batchscale.analysis.steps_to_result import trials_reaching
 from batchscale.analysis.winners import winners
 from batchscale.search import SearchSpace
@@ -161,8 +161,8 @@ def few_reached_warnings(reached: pd.Series, minimum: int = 3) -> list[DesignWar
     return found
 
 
-def fit_warnings(fit: ScalingFit | None, batch_sizes: Sequence[float]) -> list[DesignWarning]:
-    """No fit, or a critical batch size the measured batch sizes do not locate."""
+def fit_warnings(fit: ScalingFit | None) -> list[DesignWarning]:
+    """No fit, or a critical batch size the batch sizes that reached the goal do not locate."""
     if fit is None:
         return [
             DesignWarning(
@@ -173,7 +173,7 @@ def fit_warnings(fit: ScalingFit | None, batch_sizes: Sequence[float]) -> list[D
                 ),
             )
         ]
-    low, high = min(batch_sizes), max(batch_sizes)
+    low, high = min(fit.batch_sizes), max(fit.batch_sizes)
     if fit.b_crit_at_bound:
         shape = "falls as 1/B" if fit.b_crit > high else "stays flat"
         return [
@@ -265,7 +265,7 @@ def collect_warnings(
     if search_space is not None:
         found += edge_warnings(winning, search_space, edge_fraction)
     found += late_winner_warnings(winning, late_fraction)
-    found += fit_warnings(fit, [float(b) for b in winning.index])
+    found += fit_warnings(fit)
     found += goal_warnings(curves, max_b_crit_ratio)
     return found
 
@@ -292,11 +292,8 @@ def design_checks(
     winning = winners(measurements, trials, metric, target, maximize)
     reached = trials_reaching(measurements, metric, target, maximize)
     steps = winning["steps"].to_numpy(dtype=float, na_value=np.nan)
-    fit = (
-        fit_steps_to_result(winning.index.to_numpy(dtype=float), steps)
-        if np.isfinite(steps).sum() >= 2
-        else None
-    )
+    sizes = winning.index.to_numpy(dtype=float)
+    fit = fit_steps_to_result(sizes, steps) if fittable(sizes, steps) else None
     curves = goal_curves(measurements, metric, target, goals, maximize)
     return collect_warnings(
         winning,

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from batchscale.analysis.scaling import ScalingFit, fit_steps_to_result
+from batchscale.analysis.scaling import ScalingFit, fit_steps_to_result, fittable
 from batchscale.analysis.steps_to_result import first_hit_steps, steps_to_result
 
 
@@ -124,7 +124,7 @@ def goal_curves(
             goal > stop_target if maximize else goal < stop_target
         )
         # A censored curve measures the stop rule, not the goal: fitting it would mislead.
-        usable = not censored and np.isfinite(steps).sum() >= 2
+        usable = not censored and fittable(sizes, steps)
         curves.append(
             GoalCurve(
                 goal=float(goal),

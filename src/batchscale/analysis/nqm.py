@@ -180,8 +180,13 @@ class _SGDTerms:
         """Per-dimension second moments after k steps (``inf`` where unstable)."""
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             # (1 - beta^k) / (1 - beta) without cancellation when beta is close to 1.
+            # At k = 0 the sum is empty: 0, even where beta = 0 makes k * log(beta) undefined.
             geometric = np.where(
-                self.one_minus_beta > 0, -np.expm1(k * self.log_beta) / self.one_minus_beta, k
+                k == 0,
+                0.0,
+                np.where(
+                    self.one_minus_beta > 0, -np.expm1(k * self.log_beta) / self.one_minus_beta, k
+                ),
             )
             decay = np.where(k == 0, 1.0, np.exp(k * self.log_beta))
             second = decay + self.injected * geometric

@@ -41,7 +41,8 @@ class ScalingFit:
     """A fit of S(B) = S_min (1 + B_crit / B), with E_min = S_min B_crit.
 
     The intervals are ``(low, high)`` at ``confidence``, or ``None`` where they cannot be
-    estimated (two points fit exactly; a B_crit pinned at its bound is not identified).
+    estimated (two points fit exactly; a B_crit pinned at its bound is not identified; a
+    least-squares interval wider than the range B_crit was searched in bounds nothing).
     """
 
     s_min: float
@@ -125,6 +126,15 @@ def _usable(
         )
     keep = np.isfinite(sizes) & np.isfinite(counts) & (sizes > 0) & (counts > 0)
     return sizes[keep], counts[keep]
+
+
+def fittable(batch_sizes: ArrayLike, steps: Steps) -> bool:
+    """Whether the goal was reached after a positive number of steps at two or more batch sizes.
+
+    A goal the untrained model already meets (steps to result 0) says nothing about scaling.
+    """
+    sizes, _ = _usable(batch_sizes, steps)
+    return len(np.unique(sizes)) >= 2
 
 
 def _log_bounds(sizes: NDArray[np.float64]) -> tuple[float, float]:
@@ -220,8 +230,12 @@ def fit_steps_to_result(
     covariance = variance * np.linalg.pinv(jac.T @ jac)
     quantile = float(stats.t.ppf(0.5 + confidence / 2.0, dof))
 
-    def interval(log_value: float, log_variance: float) -> tuple[float, float]:
+    def interval(log_value: float, log_variance: float) -> tuple[float, float] | None:
         half = quantile * math.sqrt(max(log_variance, 0.0))
+        # Wider than the whole range B_crit was searched in: the data do not bound the
+        # parameter (a curve flat or falling as 1/B throughout, short of the bound itself).
+        if not half <= bounds[1] - bounds[0]:
+            return None
         return math.exp(log_value - half), math.exp(log_value + half)
 
     return replace(
@@ -342,7 +356,7 @@ def fit_measurements(
     curve = steps_to_result(measurements, metric, target, maximize)
     sizes = curve.index.to_numpy(dtype=float)
     steps = curve["steps"].to_numpy(dtype=float, na_value=np.nan)
-    if np.isfinite(steps).sum() < 2:
+    if not fittable(sizes, steps):
         return None
     replicates = None
     if samples > 0:

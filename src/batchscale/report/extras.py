@@ -91,7 +91,8 @@ def time_figure(
     """Step time and time to result, measured and projected onto ``cost.devices`` devices."""
     times = meta.get("step_times") or {}
     steps = analysis.winners["steps"]
-    sizes = [b for b in _sorted_sizes(times) if b in steps.index and not math.isnan(steps[b])]
+    # Reached after a positive number of steps: a goal met before training has no time.
+    sizes = [b for b in _sorted_sizes(times) if b in steps.index and steps[b] > 0]
     if not sizes:
         return None
     all_sizes = _sorted_sizes(times)
@@ -232,6 +233,7 @@ def nqm_overlay_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
     from batchscale.report.nqm_figures import plot_nqm_prediction
 
     steps = analysis.winners["steps"].dropna()
+    steps = steps[steps > 0]  # a goal met before training is off the log axes
     if steps.empty:
         return None
     optimizer: Literal["sgd", "momentum"] = "sgd" if meta.get("optimizer") == "sgd" else "momentum"

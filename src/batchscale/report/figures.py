@@ -387,7 +387,8 @@ def plot_validation_curves(
         every += list(values[keep])
         ax.plot(steps[keep], values[keep], color=cmap(norm(size)), linewidth=1.1)
     ax.axhline(target, color=FIT_COLOR, linestyle=(0, (4, 3)), linewidth=1.0, label="goal")
-    ax.set_xscale("log")
+    if every:  # a log axis needs a point past step 0 (winners at step 0 have none)
+        ax.set_xscale("log")
     finite = np.asarray([v for v in every if math.isfinite(v) and v > 0])
     if len(finite) and finite.max() / max(finite.min(), 1e-300) > 10:
         ax.set_yscale("log")

@@ -31,7 +31,7 @@ def plot_nqm_prediction(
         pairs = [
             (p.batch_size, float(p.steps_to_result))
             for p in prediction.points
-            if p.steps_to_result is not None
+            if p.steps_to_result  # not None, and not 0 (met before training: off a log axis)
         ]
         if not pairs:
             continue
