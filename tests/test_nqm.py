@@ -20,9 +20,10 @@ from batchscale.analysis.nqm import (
     predicted_curve,
 )
 from batchscale.report.nqm_figures import nqm_figure
+from batchscale.training.engine import Engine, run_cohort
 from batchscale.training.evaluation import evaluation_steps
 from batchscale.training.reference import train_reference
-from batchscale.training.trial import StopRules, TrialSpec
+from batchscale.training.trial import Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads import get_workload
 
 
@@ -88,6 +89,8 @@ def test_initial_loss_and_momentum_limit() -> None:
     model = NoisyQuadratic(dims=50)
     assert model.expected_loss(0, 0.1, 4) == pytest.approx(0.5 * np.sum(1.0 / np.arange(1, 51)))
     assert model.initial_loss == pytest.approx(float(model.expected_loss(0, 0.3, 8, 0.9)))
+    # A rate of exactly 1 / h_1 (h_1 = 1) removes that dimension in one step, not before it.
+    assert model.expected_loss(0, 1.0, 4) == pytest.approx(model.initial_loss)
     # Momentum tending to 0 is SGD, from the other formula.
     steps = np.array([1, 10, 100, 1000])
     np.testing.assert_allclose(
@@ -191,6 +194,10 @@ def test_search_matches_a_much_finer_brute_force_grid(optimizer: str, batch_size
     model = NoisyQuadratic()
     at = model.expected_loss(point.steps_to_result, point.learning_rate, batch_size, point.momentum)
     assert at < DEFAULT_TARGET
+    before = model.expected_loss(
+        point.steps_to_result - 1, point.learning_rate, batch_size, point.momentum
+    )
+    assert before >= DEFAULT_TARGET
     assert at == pytest.approx(point.expected_loss)
 
 
@@ -265,3 +272,25 @@ def test_figure_of_predicted_curves(tmp_path: Path) -> None:
     assert len(axes.get_lines()) == 5  # two curves, two perfect-scaling guides, measured points
     figure.savefig(tmp_path / "nqm.png")
     assert (tmp_path / "nqm.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("engine", ["reference", "cohort"])
+def test_noisy_minibatch_losses_of_a_stable_trial_are_not_divergence(engine: Engine) -> None:
+    """At batch size 1 one minibatch's NQM loss can be near zero or negative, and the next
+    ten times larger, while the trial (lr 1e-3) barely moves: divergence is judged against the
+    validation loss at step 0, so none of these trials is INFEASIBLE."""
+    workload = get_workload("nqm")
+    data = workload.data()
+    rules = StopRules(target=0.05, maximize=False)
+    specs = [TrialSpec(1, seed, {"learning_rate": 1e-3}, seed, 50, "sgd") for seed in range(20)]
+    results: list[TrialResult] = []
+    run_cohort(
+        engine, workload, data, specs, rules, evaluation_steps(50, 1.1), False, None, results.append
+    )
+    assert len(results) == 20
+    assert {r.status for r in results} == {Status.COMPLETE}
+    assert all(r.steps == 50 for r in results)
+    # The minibatch losses the old rule compared did swing tenfold and more.
+    first = [r.measurements[1]["train/loss"] for r in results]
+    assert min(abs(loss) for loss in first) < 0.3
+    assert max(row["train/loss"] for r in results for row in r.measurements[1:]) > 3

@@ -166,3 +166,27 @@ def test_train_size_and_width_change_the_study(tmp_path: Path) -> None:
         Study(StudyConfig(**base, train_size=10.5), tmp_path / "b.sqlite")
     with pytest.raises(ConfigError, match="no epochs"):
         Study(StudyConfig(workload="nqm", epoch_budget=1.0), tmp_path / "c.sqlite")
+
+
+def test_the_paper_s_decay_steps_dimension_sets_each_trial_s_schedule(tmp_path: Path) -> None:
+    space = {
+        "learning_rate": {"scale": "log", "low": 0.01, "high": 0.5},
+        "momentum": {"scale": "reverse_log", "low": 0.5, "high": 0.9},
+        "learning_rate_decay_steps": {"scale": "linear", "low": 5, "high": 60, "integer": True},
+    }
+    config = StudyConfig(**{**TINY_NQM, "search_space": space})
+    study = Study(config, tmp_path / "s.sqlite")
+    specs = study.trial_specs(16)
+    lengths = [spec.decay_steps for spec in specs]
+    assert lengths == [spec.params["learning_rate_decay_steps"] for spec in specs]
+    assert all(5 <= n <= 60 for n in lengths) and len(set(lengths)) > 1
+    assert all(spec.step_budget == 120 for spec in specs)  # not the budget's fraction
+
+
+def test_an_epoch_budget_counts_whole_examples() -> None:
+    # 1.1 epochs of 12,000 examples is 13,200: 825 steps of 16, exactly (the float quotient
+    # is 825.0000000000001), and 104 steps of 128 (13,312 examples, the first to cover it).
+    config = StudyConfig(workload="mnist1d-mlp", epoch_budget=1.1, train_size=12000)
+    study = Study(config, Path("unused.sqlite"))
+    assert study.train_examples == 12000
+    assert [study.step_budget(b) for b in (16, 128)] == [825, 104]

@@ -90,3 +90,32 @@ def test_replicate_command(tiny_store: Path, capsys: pytest.CaptureFixture[str])
     assert main(["show", str(tiny_store), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["batch_sizes"]
     assert any(row["replicates"] and len(row["replicates"]) == 2 for row in rows)
+
+
+def test_more_trials_that_change_the_winner_retire_its_replicates_and_noise_trace(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "s.sqlite"
+    base = {**TINY_NQM, "batch_sizes": (16,), "target": 1.0, "step_budget": 150}
+    first = Study(StudyConfig(**{**base, "trials": 2, "noise_scale": True}), store).run()
+    old_winner = first.batch_sizes[0].best_trial
+    old_trace = load_study(str(store)).metadata["noise_scale"]["16"]
+    assert Study.from_store(store).replicate(seeds=2)["16"]["trial_id"] == old_winner
+    # Trial 2 of the same sequence wins with more trials (seed 0 of TINY_NQM, checked here).
+    second = Study(StudyConfig(**{**base, "trials": 12, "noise_scale": True}), store).run()
+    new_winner = second.batch_sizes[0].best_trial
+    assert new_winner != old_winner
+    assert second.batch_sizes[0].replicates is None  # not the old winner's steps
+    meta = load_study(str(store)).metadata
+    assert "16" not in meta["replicates"]
+    assert meta["noise_scale"]["16"]["seed"] != old_trace["seed"]
+    assert meta["noise_scale"]["16"]["params"] == second.batch_sizes[0].best_params
+    replicated = Study.from_store(store).replicate(seeds=2)["16"]
+    assert replicated["trial_id"] == new_winner and len(replicated["steps"]) == 2
+
+
+def test_noise_scale_skips_batch_size_one(tmp_path: Path) -> None:
+    config = StudyConfig(**{**TINY_NQM, "batch_sizes": (1, 16), "noise_scale": True})
+    summary = Study(config, tmp_path / "s.sqlite").run()
+    assert [row.steps_to_result is not None for row in summary.batch_sizes] == [True, True]
+    assert sorted(load_study(str(tmp_path / "s.sqlite")).metadata["noise_scale"]) == ["16"]

@@ -21,6 +21,24 @@ class ConfigError(ValueError):
     """A setting that cannot be used; the message says which and how to fix it."""
 
 
+def parse_batch_sizes(value: Any) -> tuple[int, ...]:
+    """Batch sizes from ``"16,32"`` or a list, sorted; ``ValueError`` unless positive integers."""
+    if isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not value:
+        raise ValueError("give at least one batch size, e.g. 16,32,64")
+    sizes = []
+    for item in value:
+        text = str(item).removeprefix("+")
+        # isdecimal, not isdigit: '²' is a digit that int() refuses.
+        if isinstance(item, bool) or not text.isdecimal() or int(text) <= 0:
+            raise ValueError(f"batch size '{item}' is not a positive integer")
+        sizes.append(int(text))
+    if len(set(sizes)) != len(sizes):
+        raise ValueError(f"batch sizes repeat: {sizes}")
+    return tuple(sorted(sizes))
+
+
 class StudyConfig(BaseModel):
     """Everything that defines a study. Unknown keys are refused."""
 
@@ -52,19 +70,7 @@ class StudyConfig(BaseModel):
     @field_validator("batch_sizes", mode="before")
     @classmethod
     def _parse_batch_sizes(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = [part.strip() for part in value.split(",") if part.strip()]
-        if not isinstance(value, list | tuple) or not value:
-            raise ValueError("give at least one batch size, e.g. 16,32,64")
-        sizes = []
-        for item in value:
-            text = str(item)
-            if isinstance(item, bool) or not text.lstrip("+").isdigit() or int(text) <= 0:
-                raise ValueError(f"batch size '{item}' is not a positive integer")
-            sizes.append(int(text))
-        if len(set(sizes)) != len(sizes):
-            raise ValueError(f"batch sizes repeat: {sizes}")
-        return tuple(sorted(sizes))
+        return parse_batch_sizes(value)
 
     @field_validator("goals", mode="before")
     @classmethod

@@ -64,6 +64,14 @@ class Dimension(BaseModel):
             )
         return self
 
+    @property
+    def extremes(self) -> tuple[float, float]:
+        """The smallest and the largest value the dimension can take."""
+        if self.values is not None:
+            return min(self.values), max(self.values)
+        assert self.low is not None and self.high is not None
+        return self.low, self.high
+
     def from_unit(self, u: float) -> float:
         """Map a coordinate in [0, 1) to a value of this dimension on its own scale."""
         if self.scale == "discrete":

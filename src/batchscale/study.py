@@ -25,7 +25,14 @@ from batchscale.training.engine import first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps, metric_columns
 from batchscale.training.noise import NoiseScaleTrace, measure_noise_scale
 from batchscale.training.timing import measure_step_time
-from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
+from batchscale.training.trial import (
+    METAPARAMETERS,
+    RaceBound,
+    Status,
+    StopRules,
+    TrialResult,
+    TrialSpec,
+)
 from batchscale.workloads import Data, Workload, get_workload
 
 # Settings that define what a study measures: a stored study must agree on all of them.
@@ -166,14 +173,17 @@ class Study:
         self.workload = workload
         self.target = config.target if config.target is not None else workload.default_target
         maximize = workload.metric.direction == "maximize"
-        self.goals = order_goals(
-            config.goals if config.goals else neighbouring_goals(self.target, maximize), maximize
-        )
+        metric = workload.metric
         try:
-            for goal in (self.target, *self.goals):
-                workload.metric.check_target(goal)
+            metric.check_target(self.target)
+            for goal in config.goals or ():
+                metric.check_target(goal, "goal")
         except ValueError as error:
             raise ConfigError(str(error)) from None
+        # The automatic goals 10% either side are left out where they fall outside the range
+        # (an error of 0.95 has no goal 10% easier).
+        automatic = [g for g in neighbouring_goals(self.target, maximize) if metric.contains(g)]
+        self.goals = order_goals(config.goals if config.goals else automatic, maximize)
         # Trials run on to the hardest goal so that every goal's curve is measured, not cut
         # short by the stop rule; racing against that goal keeps every curve exact. Under an
         # epoch budget the question is the best metric within the budget, so nothing stops
@@ -191,6 +201,29 @@ class Study:
             raise ConfigError(f"search_space: {error}") from None
         if "learning_rate" not in self.search_space.names:
             raise ConfigError("search_space must have a 'learning_rate' dimension")
+        for dimension in self.search_space.dimensions:
+            if dimension.name not in METAPARAMETERS:
+                raise ConfigError(
+                    f"search_space: unknown dimension '{dimension.name}'; the trials read "
+                    f"{', '.join(METAPARAMETERS)}"
+                )
+            allowed, valid = METAPARAMETERS[dimension.name]
+            if not all(valid(value) for value in dimension.extremes):
+                low, high = dimension.extremes
+                raise ConfigError(
+                    f"search_space: {dimension.name} must be {allowed}, but its range "
+                    f"[{low:g}, {high:g}] is not; narrow it"
+                )
+        if {"decay_fraction", "learning_rate_decay_steps"} <= set(self.search_space.names):
+            raise ConfigError(
+                "search_space: give the decay's length as 'decay_fraction' or as "
+                "'learning_rate_decay_steps', not both"
+            )
+        if config.optimizer == "sgd" and "momentum" in self.search_space.names:
+            raise ConfigError(
+                "search_space: optimizer 'sgd' has no momentum; remove the 'momentum' "
+                "dimension or choose --optimizer momentum or nesterov"
+            )
         if config.optimizer != "sgd" and "momentum" not in self.search_space.names:
             raise ConfigError(
                 f"optimizer '{config.optimizer}' needs a 'momentum' dimension in search_space"
@@ -234,7 +267,10 @@ class Study:
         if self.config.step_budget is not None:
             return self.config.step_budget
         if self.config.epoch_budget is not None:
-            return max(1, math.ceil(self.config.epoch_budget * self.train_examples / batch_size))
+            # In whole examples first: 1.1 epochs of 12,000 is 13,200 examples, 825 steps of
+            # 16, where the float quotient (825.0000000000001) would round up to 826.
+            examples = round(self.config.epoch_budget * self.train_examples)
+            return max(1, -(-examples // batch_size))
         return self.workload.budget.steps(batch_size)
 
     def trial_specs(self, batch_size: int) -> list[TrialSpec]:
@@ -281,7 +317,8 @@ class Study:
     # -- the store ------------------------------------------------------------------------
 
     def open_store(self) -> StudyStore:
-        """Open the study's store, creating it if needed; refuse one for a different study."""
+        """Open the study's store, creating it if needed; refuse a damaged one or one for a
+        different study."""
         identity = self.identity()
         if not self.store_path.exists():
             return StudyStore.create(
@@ -297,6 +334,12 @@ class Study:
                 metric_columns(self.workload),
             )
         store = StudyStore.open(self.store_path)
+        try:
+            # Before anything is written: a damaged file is refused exactly as it was found.
+            check_integrity(self.store_path)
+        except StoreError:
+            store.close()
+            raise
         for key in IDENTITY_KEYS:
             if store.metadata.get(key) != identity[key]:
                 store.close()
@@ -319,11 +362,12 @@ class Study:
         process writes the store, each trial as soon as the executor hands it back.
         """
         progress = progress or Progress()
+        # Before the store is created: data files that are missing leave no study behind.
+        self.workload.data()
         chosen = executor or get_executor(self.config.executor, self.config.ray_address)
         store = self.open_store()
         try:
             with store.writer_lock():
-                check_integrity(self.store_path)
                 planned = sorted(set(store.metadata["batch_sizes"]) | set(self.config.batch_sizes))
                 store.set_metadata("batch_sizes", planned)
                 store.set_metadata("trials", max(store.metadata["trials"], self.config.trials))
@@ -346,6 +390,7 @@ class Study:
                 ]
                 if work:
                     self._run_cohorts(store, chosen, work, progress, owned=executor is None)
+                    self._forget_old_winners(store)
                 data = self.workload.data().to(self.device)
                 for batch_size in self.config.batch_sizes:
                     self._record_step_time(store, data, batch_size)
@@ -360,6 +405,37 @@ class Study:
         finally:
             store.close()
 
+    def _forget_old_winners(self, store: StudyStore) -> None:
+        """Drop replicates and noise-scale traces of trials that are no longer the winner.
+
+        More trials can change a batch size's winner; what was measured along the old one
+        would then be shown as the new one's. ``replicate`` and ``--noise-scale`` measure anew.
+        """
+        winners = steps_to_result(
+            store.measurements(), self.metric_column, self.target, self.rules.maximize
+        ).dropna()
+        trials = store.trials()
+        winner_ids = {str(b): int(t) for b, t in winners["trial_id"].items()}
+        winner_seeds = {
+            size: int(trials.loc[(int(size), t), "seed"]) for size, t in winner_ids.items()
+        }
+        replicates = store.metadata.get("replicates", {})
+        kept = {
+            size: entry
+            for size, entry in replicates.items()
+            if entry.get("trial_id") == winner_ids.get(size)
+        }
+        if kept != replicates:
+            store.set_metadata("replicates", kept)
+        traces = store.metadata.get("noise_scale", {})
+        kept = {
+            size: trace
+            for size, trace in traces.items()
+            if trace.get("seed") == winner_seeds.get(size)
+        }
+        if kept != traces:
+            store.set_metadata("noise_scale", kept)
+
     def _record_step_time(self, store: StudyStore, data: Data, batch_size: int) -> None:
         """Measure one model's step time at ``batch_size`` once per study and device."""
         times = dict(store.metadata.get("step_times", {}))
@@ -372,13 +448,16 @@ class Study:
         store.set_metadata("step_times", times)
 
     def _record_noise_scales(self, store: StudyStore) -> None:
-        """B_simple along every batch size's winner, measured once and kept in the store."""
+        """B_simple along every batch size's winner, measured once and kept in the store.
+
+        Not at batch size 1: a gradient's noise is estimated from two or more examples.
+        """
         traces = dict(store.metadata.get("noise_scale", {}))
         winners = steps_to_result(
             store.measurements(), self.metric_column, self.target, self.rules.maximize
         ).dropna()
         for batch_size in winners.index:
-            if str(batch_size) in traces:
+            if str(batch_size) in traces or batch_size < 2:
                 continue
             trace = noise_scale_of_winner(
                 self.store_path, int(batch_size), device=str(self.device), workload=self.workload
@@ -405,7 +484,9 @@ class Study:
                 replicates = dict(store.metadata.get("replicates", {}))
                 todo = {}
                 for batch_size, row in winners.iterrows():
-                    entry = replicates.get(str(batch_size), {"trial_id": int(row["trial_id"])})
+                    entry = replicates.get(str(batch_size), {})
+                    if entry.get("trial_id") != int(row["trial_id"]):
+                        entry = {"trial_id": int(row["trial_id"])}
                     done = len(entry.get("steps", []))
                     if done < seeds:
                         todo[int(batch_size)] = (entry, done)

@@ -1079,7 +1079,6 @@ class _Evaluation:
     step: int
     results: list[TrialResult]
     train_loss: list[float]
-    initial_loss: list[float]
     pending: Future[tuple[list[float], ...]] | None = None
     values: tuple[list[float], ...] = ()
 
@@ -1128,7 +1127,6 @@ class _Lockstep:
         self.device = state.params.device
         self.results = [TrialResult(spec=s, status=Status.COMPLETE, steps=0) for s in state.specs]
         self.loss_sum = torch.zeros(len(self.results), dtype=torch.float64, device=self.device)
-        self.initial_loss = torch.full_like(self.loss_sum, math.nan)
         self.losses_since_eval = 0
         self.step = 0
         self.background = (
@@ -1219,8 +1217,6 @@ class _Lockstep:
         rates = state.learning_rates(self.step, self.step + steps).to(state.params.dtype)
         for loss in state.train_steps(state.source.steps(steps), rates):
             self.loss_sum += loss
-            if self.step == 0:
-                self.initial_loss = loss.double()
             self.step += 1
             self.losses_since_eval += 1
         if self.device.type == "cuda":
@@ -1240,7 +1236,6 @@ class _Lockstep:
             step=self.step,
             results=list(self.results),
             train_loss=train_loss,
-            initial_loss=self.initial_loss.tolist(),
         )
         if self.background is not None and stretch_seconds >= self.evaluation_seconds / 2:
             # A copy: training goes on updating the parameters in place meanwhile.
@@ -1278,11 +1273,9 @@ class _Lockstep:
                 }
             )
             result.steps = step
-            train_loss, initial = evaluation.train_loss[p], evaluation.initial_loss[p]
-            if step > 0 and self.rules.diverged(train_loss, initial, val_loss[p]):
-                ends[p] = Status.INFEASIBLE
-            elif self.rules.reached(val_metric[p]):
-                ends[p] = Status.COMPLETE
+            ending = self.rules.ending(result, f"val/{metric}")
+            if ending is not None:
+                ends[p] = ending
         reached = [
             evaluation.results[p].spec.trial_id for p, s in ends.items() if s == Status.COMPLETE
         ]
@@ -1302,5 +1295,4 @@ class _Lockstep:
             self.state.keep(keep)
             index = torch.tensor(keep, dtype=torch.long, device=self.device)
             self.loss_sum = self.loss_sum.index_select(0, index)
-            self.initial_loss = self.initial_loss.index_select(0, index)
         self.results[:] = [self.results[p] for p in keep]

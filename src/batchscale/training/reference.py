@@ -49,7 +49,6 @@ def train_reference(
     metric = workload.metric.name
     result = TrialResult(spec=spec, status=Status.COMPLETE, steps=0)
     last_useful = race.last_useful_step(spec.trial_id) if race else spec.step_budget
-    initial_loss = float("nan")
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     losses_since_eval = 0
     train_time = 0.0
@@ -75,8 +74,6 @@ def train_reference(
             loss_sum += loss.detach().double()
             losses_since_eval += 1
             step += 1
-            if step == 1:
-                initial_loss = loss.item()
         train_time += time.perf_counter() - segment_start
         train_loss = float(loss_sum) / losses_since_eval if losses_since_eval else float("nan")
         loss_sum.zero_()
@@ -94,10 +91,9 @@ def train_reference(
             }
         )
         result.steps = step
-        if step > 0 and rules.diverged(train_loss, initial_loss, val_loss):
-            result.status = Status.INFEASIBLE
-            break
-        if rules.reached(val_metric):
+        ending = rules.ending(result, f"val/{metric}")
+        if ending is not None:
+            result.status = ending
             break
     result.wall_time = time.perf_counter() - started
     result.train_time = train_time

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from batchscale.search import derive_seed
 from batchscale.training.schedules import decay_steps_for
 from batchscale.workloads.base import Optimizer
+
+# The search-space dimensions a trial reads, each with the values that make sense for it; any
+# other name would be searched and then ignored.
+METAPARAMETERS: dict[str, tuple[str, Callable[[float], bool]]] = {
+    "learning_rate": ("above 0", lambda v: v > 0),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "end_learning_rate_factor": ("at least 0", lambda v: v >= 0),
+    "decay_fraction": ("above 0", lambda v: v > 0),
+    "learning_rate_decay_steps": ("at least 1", lambda v: v >= 1),
+    "label_smoothing": ("in [0, 1)", lambda v: 0 <= v < 1),
+}
 
 
 class Status(StrEnum):
@@ -58,7 +70,13 @@ class TrialSpec:
 
     @property
     def decay_steps(self) -> int:
-        """Updates over which the learning rate decays linearly."""
+        """Updates over which the learning rate decays linearly.
+
+        The paper's ``learning_rate_decay_steps`` (a count) where searched, else
+        ``decay_fraction`` of the step budget (all of it by default).
+        """
+        if "learning_rate_decay_steps" in self.params:
+            return max(1, round(self.params["learning_rate_decay_steps"]))
         return decay_steps_for(self.params.get("decay_fraction", 1.0), self.step_budget)
 
     @property
@@ -111,8 +129,22 @@ class StopRules:
         """Strictly better than the target."""
         return value > self.target if self.maximize else value < self.target
 
-    def diverged(self, train_loss: float, initial_loss: float, val_loss: float) -> bool:
-        """Non-finite losses, or a training loss far above where it started."""
+    def diverged(self, train_loss: float, initial_val_loss: float, val_loss: float) -> bool:
+        """Non-finite losses, or a training loss far above the validation loss at step 0.
+
+        The reference is a whole held-out split's loss, not the first minibatch's: at small
+        batch sizes one minibatch's loss is noisy enough (near zero, or signed) that a stable
+        trial's next minibatch could exceed it tenfold.
+        """
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             return True
-        return train_loss > self.divergence_factor * max(abs(initial_loss), 1e-12)
+        return train_loss > self.divergence_factor * max(abs(initial_val_loss), 1e-12)
+
+    def ending(self, result: TrialResult, metric: str) -> Status | None:
+        """How ``result`` ends at its latest row: INFEASIBLE if it diverged, COMPLETE if its
+        ``metric`` column reached the goal, or None if it trains on."""
+        row = result.measurements[-1]
+        initial_val_loss = result.measurements[0]["val/loss"]
+        if row["step"] > 0 and self.diverged(row["train/loss"], initial_val_loss, row["val/loss"]):
+            return Status.INFEASIBLE
+        return Status.COMPLETE if self.reached(row[metric]) else None

@@ -57,11 +57,15 @@ class Metric:
         """Whether ``value`` is strictly better than ``target`` (the paper's rule)."""
         return value < target if self.direction == "minimize" else value > target
 
-    def check_target(self, target: float) -> None:
-        """Raise ``ValueError`` when ``target`` lies outside the metric's range."""
-        if not math.isfinite(target) or not (self.low <= target <= self.high):
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` is a finite value inside the metric's range."""
+        return math.isfinite(value) and self.low <= value <= self.high
+
+    def check_target(self, target: float, what: str = "target") -> None:
+        """Raise ``ValueError`` when ``target`` (a ``what``) lies outside the metric's range."""
+        if not self.contains(target):
             raise ValueError(
-                f"target {target} is outside the range of {self.name} "
+                f"{what} {target} is outside the range of {self.name} "
                 f"[{self.low:g}, {self.high:g}]; choose a goal inside it"
             )
 
