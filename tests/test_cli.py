@@ -1,7 +1,9 @@
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -73,11 +75,23 @@ def test_workloads_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert listed["mnist1d-mlp"]["data"]["test"] == 1000
 
 
+LEARNING_RATE = '[search_space.learning_rate]\nscale = "log"\nlow = 0.01\nhigh = 1.0\n'
 BAD_CONFIGS = {
     "inverted": '[search_space.learning_rate]\nscale = "log"\nlow = 1.0\nhigh = 0.1\n',
     "empty": '[search_space.learning_rate]\nscale = "linear"\nlow = 0.5\nhigh = 0.5\n',
     "nonpositive": '[search_space.learning_rate]\nscale = "log"\nlow = 0.0\nhigh = 1.0\n',
     "unknown_key": "trails = 3\n",
+    "unknown_dimension": LEARNING_RATE
+    + '[search_space.end_lr_factor]\nscale = "log"\nlow = 0.01\nhigh = 1.0\n',
+    "sgd_momentum": 'optimizer = "sgd"\n'
+    + LEARNING_RATE
+    + '[search_space.momentum]\nscale = "linear"\nlow = 0.5\nhigh = 0.9\n',
+    "two_decays": LEARNING_RATE
+    + '[search_space.decay_fraction]\nscale = "linear"\nlow = 0.5\nhigh = 1.0\n'
+    + '[search_space.learning_rate_decay_steps]\nscale = "linear"\nlow = 10\nhigh = 90\n',
+    "negative_rate": '[search_space.learning_rate]\nscale = "linear"\nlow = -1.0\nhigh = -0.5\n',
+    "momentum_above_one": LEARNING_RATE
+    + '[search_space.momentum]\nscale = "linear"\nlow = 0.5\nhigh = 1.5\n',
     "not_toml": "workload = [unclosed\n",
 }
 
@@ -99,6 +113,14 @@ BAD_CONFIGS = {
         (["--config", "empty"], "empty or inverted"),
         (["--config", "nonpositive"], "positive bounds"),
         (["--config", "unknown_key"], "unknown setting 'trails'"),
+        (["--config", "unknown_dimension"], "unknown dimension 'end_lr_factor'; the trials read"),
+        (["--config", "sgd_momentum"], "optimizer 'sgd' has no momentum"),
+        (["--config", "two_decays"], "not both"),
+        (["--config", "negative_rate"], "learning_rate must be above 0, but its range [-1, -0.5]"),
+        (
+            ["--config", "momentum_above_one"],
+            "momentum must be in [0, 1), but its range [0.5, 1.5]",
+        ),
         (["--config", "not_toml"], "not valid TOML"),
         (["--config", "missing"], "does not exist"),
         (["--device", "cuda"], "cuda"),
@@ -227,3 +249,73 @@ def test_noise_scale_command(tiny_store: Path, capsys: pytest.CaptureFixture[str
     assert code == 0 and json.loads(out)["batch_size"] == reached[0]
     code, _, err = run_cli(["noise-scale", "--study", str(tiny_store)], capsys)
     assert code == 2 and "--batch-size" in err
+    # One example has no gradient noise to estimate: a usage error, not a traceback.
+    code, _, err = run_cli(["noise-scale", "--workload", "nqm", "--batch-size", "1"], capsys)
+    assert code == 2 and "--batch-size" in err and "greater than or equal to 2" in err
+    mnist = ["noise-scale", "--workload", "mnist1d-mlp", "--steps", "20", "--device", "cpu"]
+    code, _, err = run_cli([*mnist, "--batch-size", "100000"], capsys)
+    assert code == 2 and err.startswith("error: batch size 100000 exceeds the 36000 training")
+    # A diverging run has no noise scale worth printing.
+    code, out, err = run_cli([*mnist, "--batch-size", "64", "--learning-rate", "1000"], capsys)
+    assert code == 2 and "diverged" in err and "lower --learning-rate" in err and not out
+
+
+def test_ctrl_c_says_so_and_exits_130(tmp_path: Path) -> None:
+    store = tmp_path / "study.sqlite"
+    script = Path(sys.executable).parent / "batchscale"
+    long_study = [
+        "--workload", "nqm", "--batch-sizes", "2,4,8,16", "--trials", "64",
+        "--step-budget", "3000", "--target", "0.01", "--engine", "reference",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        [str(script), "run", *long_study, "--store", str(store), "--no-report"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not store.exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == (
+        "error: interrupted; finished trials are stored, run the same command again to resume"
+    )
+    assert store.is_file()  # what was stored stays
+
+
+def test_a_damaged_store_is_one_line_in_every_reading_command(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damaged = tmp_path / "damaged.sqlite"
+    data = bytearray(tiny_store.read_bytes())
+    assert len(data) > 4096 * 4
+    data[4096 * 3 : 4096 * 3 + 64] = b"\xff" * 64  # a page of the trials or measurements
+    damaged.write_bytes(bytes(data))
+    for command in (
+        ["show", str(damaged)],
+        ["show", str(damaged), "--json"],
+        ["report", str(damaged), "--out", str(tmp_path / "r")],
+        ["replicate", str(damaged), "--seeds", "1", "--no-report"],
+    ):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2, command
+        assert len(err.strip().splitlines()) == 1 and "restore it from a copy" in err, err
+
+
+def test_paths_that_are_not_what_they_should_be(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for command in (
+        ["run", *TINY, "--config", str(folder), "--store", str(tmp_path / "s.sqlite")],
+        ["run", *TINY, "--store", str(a_file / "s.sqlite")],
+        ["report", str(tiny_store), "--out", str(a_file)],
+    ):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2, command
+        assert len(err.strip().splitlines()) == 1 and err.strip().startswith("error: "), err
+    assert not (tmp_path / "s.sqlite").exists()

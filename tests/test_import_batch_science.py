@@ -327,6 +327,10 @@ def test_an_existing_store_is_refused_unless_forced(archive: Path, tmp_path: Pat
         (lambda w: (w / "64" / "7" / "measurements.csv").unlink(), "7/measurements.csv is missing"),
         (lambda w: (w / "64" / "7" / "metadata.json").write_text("{"), "is not valid JSON"),
         (lambda w: (w / "64" / "7" / "measurements.csv").write_text("x\n1\n"), "no 'step' column"),
+        (
+            lambda w: (w / "64" / "7" / "measurements.csv").write_bytes(b"\xff\xfe\x00\x81" * 64),
+            "7/measurements.csv is not a readable CSV",
+        ),
     ],
 )
 def test_broken_layouts_name_the_file(

@@ -85,3 +85,31 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
         pass
     with second.writer_lock():
         pass
+
+
+def test_a_closed_study_is_readable_without_writing_beside_it(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    store = StudyStore.create(path, {"workload": "w"}, COLUMNS)
+    with store.writer_lock():
+        store.record(result(0))
+        with sqlite3.connect(path) as connection:
+            assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        connection.close()
+    store.close()
+    # Out of WAL mode at rest: no shared-memory file is needed to read it, wherever it lies.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.sqlite", "s.sqlite.lock"]
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    reader = StudyStore.open(path, read_only=True)
+    assert len(reader.trials()) == 1
+    reader.close()
+
+
+def test_a_format_tag_that_is_not_json_is_not_a_study(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    StudyStore.create(path, {"workload": "w"}, COLUMNS).close()
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE meta SET value = 'not json' WHERE key = 'format'")
+    connection.close()
+    with pytest.raises(StoreError, match="not a batchscale study"):
+        StudyStore.open(path)

@@ -21,6 +21,7 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Image, Value
 
+from batchscale.cli import main
 from batchscale.training.reference import train_reference
 from batchscale.training.trial import StopRules, TrialSpec
 from batchscale.workloads import DataUnavailableError, Split, Workload, get_workload
@@ -413,3 +414,17 @@ def test_a_short_reference_run_lowers_the_loss(data_dir: Path, name: str) -> Non
     assert last["step"] == 40
     assert last["val/loss"] < 0.9 * first["val/loss"]
     assert last["train/loss"] < first["val/loss"]
+
+
+@pytest.mark.usefixtures("no_download")
+def test_a_run_without_its_data_files_is_one_line_and_leaves_no_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "studies" / "s.sqlite"
+    args = ["run", "--workload", "mnist-cnn", "--data-dir", str(tmp_path / "none"),
+            "--batch-sizes", "64", "--trials", "1", "--step-budget", "2",
+            "--store", str(store)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MNIST is missing from") and len(err.splitlines()) == 1
+    assert not store.parent.exists()

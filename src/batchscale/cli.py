@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -20,7 +22,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from batchscale.config import ConfigError, build_config
+from batchscale.config import ConfigError, build_config, parse_batch_sizes
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
 from batchscale.training.trial import TrialResult
@@ -64,15 +66,18 @@ class BarProgress(Progress):
             console=Console(stderr=True),
         )
         self.task = self.bar.add_task("starting", total=None)
+        self.shown = False
 
     def start(self, total: int, done: int) -> None:
         """Show and size the bar."""
         self.bar.update(self.task, total=total, completed=done)
         self.bar.start()
+        self.shown = True
 
     def stop(self) -> None:
-        """Leave the bar's last state on screen."""
-        self.bar.stop()
+        """Leave the bar's last state on screen (a bar never shown leaves nothing)."""
+        if self.shown:
+            self.bar.stop()
 
     def batch_size(self, batch_size: int) -> None:
         """Show the batch size now running."""
@@ -510,18 +515,6 @@ def import_batch_science_command(
         opened.close()
 
 
-def parse_batch_sizes(text: str) -> list[int]:
-    """``"16,32"`` -> ``[16, 32]``, refusing anything but positive integers."""
-    sizes = []
-    for part in (p.strip() for p in text.split(",")):
-        if not part.isdigit() or int(part) <= 0:
-            raise UserError(f"batch size '{part}' is not a positive integer")
-        sizes.append(int(part))
-    if not sizes:
-        raise UserError("give at least one batch size, e.g. 16,32,64")
-    return sorted(set(sizes))
-
-
 @app.command()
 def replicate(
     store: Annotated[Path, typer.Argument(help="A study file written by 'batchscale run'.")],
@@ -569,7 +562,10 @@ def nqm(
 
     if optimizer not in ("sgd", "momentum"):
         raise UserError(f"unknown optimizer '{optimizer}' for the NQM; known: sgd, momentum")
-    sizes = parse_batch_sizes(batch_sizes)
+    try:
+        sizes = list(parse_batch_sizes(batch_sizes))
+    except ValueError as error:
+        raise UserError(str(error)) from None
     try:
         prediction = predicted_curve(
             sizes,
@@ -614,7 +610,10 @@ def nqm(
 def noise_scale(
     workload: Annotated[str | None, typer.Option(help="Workload name.")] = None,
     batch_size: Annotated[
-        int | None, typer.Option("--batch-size", min=1, help="Batch size to train at.")
+        int | None,
+        typer.Option(
+            "--batch-size", min=2, help="Batch size to train at (the noise needs two examples)."
+        ),
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="TOML study config (workload, optimizer).")
@@ -647,7 +646,10 @@ def noise_scale(
     if study is not None:
         if batch_size is None:
             raise UserError("--study needs --batch-size: whose winner to follow")
-        trace = noise_scale_of_winner(study, batch_size, method=method, device=device)
+        try:
+            trace = noise_scale_of_winner(study, batch_size, method=method, device=device)
+        except ValueError as error:
+            raise UserError(str(error)) from None
     else:
         settings = build_config(config, workload=workload, optimizer=optimizer, device=device)
         try:
@@ -655,18 +657,29 @@ def noise_scale(
         except ValueError as error:
             raise UserError(str(error)) from None
         size = batch_size or settings.batch_sizes[0]
+        if size < 2:
+            raise UserError(f"batch size {size} is too small: give --batch-size 2 or more")
         params = {"learning_rate": learning_rate}
         if settings.optimizer != "sgd":
             params["momentum"] = momentum
-        trace = measure_noise_scale(
-            chosen,
-            params,
-            settings.optimizer,
-            size,
-            steps or 1000,
-            seed=seed,
-            device=resolve_device(settings.device),
-            method=method,  # type: ignore[arg-type]
+        try:
+            trace = measure_noise_scale(
+                chosen,
+                params,
+                settings.optimizer,
+                size,
+                steps or 1000,
+                seed=seed,
+                device=resolve_device(settings.device),
+                method=method,  # type: ignore[arg-type]
+            )
+        except ValueError as error:
+            raise UserError(str(error)) from None
+    if trace.diverged:
+        last = trace.points[-1].step if trace.points else 0
+        raise UserError(
+            f"the run diverged (non-finite loss or gradient) after step {last}, so its noise "
+            "scale means nothing; lower --learning-rate"
         )
     if as_json:
         typer.echo(json.dumps(trace.to_dict(), indent=2))
@@ -691,8 +704,11 @@ def noise_scale(
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for any mistake in the input."""
     command = typer.main.get_command(app)
+    interrupted = (
+        "error: interrupted; finished trials are stored, run the same command again to resume"
+    )
     try:
-        command.main(args=argv, prog_name="batchscale", standalone_mode=False)
+        code = command.main(args=argv, prog_name="batchscale", standalone_mode=False)
     except click_errors.NoArgsIsHelpError:
         return 0
     except click_errors.UsageError as error:
@@ -702,12 +718,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, StoreError, UserError, DataUnavailableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (sqlite3.DatabaseError, pd.errors.DatabaseError) as error:
         print(
-            "error: interrupted; finished trials are stored, run again to resume", file=sys.stderr
+            f"error: a study file cannot be read ({error}); it is damaged or not a study: "
+            "restore it from a copy or pass another file",
+            file=sys.stderr,
         )
+        return 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}; check the path", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
         return 130
-    return 0
+    if code == 130:  # typer turns Ctrl-C into this exit code when it does not exit itself
+        print(interrupted, file=sys.stderr)
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -95,22 +95,31 @@ class StudyStore:
             raise StoreError(f"{path} does not exist; run a study first or check the path")
         mode = "ro" if read_only else "rw"
         try:
-            connection = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)
-            rows = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+            try:
+                connection = sqlite3.connect(f"file:{path}?mode={mode}", uri=True)
+                rows = dict(connection.execute("SELECT key, value FROM meta").fetchall())
+            except sqlite3.OperationalError:
+                if not read_only or os.access(path.parent, os.W_OK):
+                    raise
+                # A study left in WAL mode (a run that was killed) in a folder that cannot be
+                # written: reading it needs a shared-memory file SQLite cannot create there.
+                connection = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+                rows = dict(connection.execute("SELECT key, value FROM meta").fetchall())
         except sqlite3.DatabaseError as error:
             raise StoreError(
                 f"{path} is not a batchscale study ({error}); pass a file written by "
                 "'batchscale run'"
             ) from None
-        if json.loads(rows.get("format", "null")) != FORMAT:
+        try:
+            format_tag = json.loads(rows.get("format", "null"))
+        except json.JSONDecodeError:
+            format_tag = None
+        if format_tag != FORMAT:
             connection.close()
             raise StoreError(
                 f"{path} is an SQLite file but not a batchscale study; pass a file written by "
                 "'batchscale run'"
             )
-        if not read_only:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA synchronous=NORMAL")
         return cls(path, connection)
 
     def _read_metadata(self) -> dict[str, Any]:
@@ -188,7 +197,12 @@ class StudyStore:
 
     @contextmanager
     def writer_lock(self) -> Iterator[None]:
-        """Hold the study's lock file for as long as this study writes to it."""
+        """Hold the study's lock file for as long as this study writes to it.
+
+        Meanwhile the file is in write-ahead-log mode (a finished trial is durable without
+        blocking readers); after, it is back in rollback mode, so a study at rest needs no
+        shared-memory file to be read, and can be read where nothing can be written.
+        """
         lock_path = self.path.with_name(self.path.name + ".lock")
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
         try:
@@ -205,7 +219,14 @@ class StudyStore:
             handle.truncate()
             handle.write(f"pid {os.getpid()}")
             handle.flush()
-            yield
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            try:
+                yield
+            finally:
+                # Where another connection still reads it, it stays in WAL mode for now.
+                with suppress(sqlite3.Error):
+                    self._connection.execute("PRAGMA journal_mode=DELETE")
         finally:
             handle.close()
 

@@ -379,8 +379,11 @@ def _hull(studies: list[_Study], warnings: _Warnings) -> SearchSpace:
 
 
 def _read_header(path: Path) -> list[str]:
-    with path.open(newline="") as handle:
-        return next(csv.reader(handle), [])
+    try:
+        with path.open(newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise BatchScienceError(f"{path} is not a readable CSV ({error})") from None
 
 
 def _scan_study(
