@@ -136,7 +136,7 @@ def test_report_page_says_what_the_study_found(synthetic_report: Path) -> None:
         assert f">{heading}" in page
     assert "synthetic / momentum: steps to val/classification_error &lt; 0.1" in page
     # A raced study: the interval is the least-squares one, and the page says so.
-    assert "Intervals: 95%, least-squares covariance." in page
+    assert "Intervals: 95%, least-squares covariance. Racing stopped the trials" in page
     assert "not measurable: trials stop at the study&#x27;s goal" in page
     assert "reverse_log" in page and "matplotlib" in page
     # One summary row per batch size, with its steps to result.

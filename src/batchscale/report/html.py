@@ -156,7 +156,7 @@ def _sign(maximize: bool) -> str:
     return ">" if maximize else "<"
 
 
-def _fit_headline(fit: ScalingFit | None) -> str:
+def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
     if fit is None:
         return (
             "<p>No fit: the goal was reached at fewer than two batch sizes. See the "
@@ -189,6 +189,12 @@ def _fit_headline(fit: ScalingFit | None) -> str:
         note += (
             " Steps to result is a minimum over trials, so resampled trials can only match or "
             "exceed it: the interval shows how much the answer rests on the best few trials."
+        )
+    elif raced:
+        note += (
+            " Racing stopped the trials that could no longer win before they reached the goal, "
+            "so trials cannot be resampled: the interval reflects how far the points scatter "
+            "about the fitted curve (a study in full mode gets a bootstrap over trials)."
         )
     return f'<div class="headline">{blocks}</div><p>{note}</p>'
 
@@ -575,7 +581,7 @@ def write_report(
             "Steps to result: the fewest steps any trial at a batch size needed to get "
             f"{_esc(goal)}.</p>",
             "<h2>The scaling fit</h2>",
-            _fit_headline(analysis.fit),
+            _fit_headline(analysis.fit, raced=meta.get("mode") == "race"),
             "<h2>Regimes</h2>",
             _regimes_html(analysis),
             f"<h2>Design checks ({len(analysis.warnings)} warnings)</h2>",
