@@ -419,22 +419,18 @@ class Study:
         winner_seeds = {
             size: int(trials.loc[(int(size), t), "seed"]) for size, t in winner_ids.items()
         }
-        replicates = store.metadata.get("replicates", {})
-        kept = {
-            size: entry
-            for size, entry in replicates.items()
-            if entry.get("trial_id") == winner_ids.get(size)
-        }
-        if kept != replicates:
-            store.set_metadata("replicates", kept)
-        traces = store.metadata.get("noise_scale", {})
-        kept = {
-            size: trace
-            for size, trace in traces.items()
-            if trace.get("seed") == winner_seeds.get(size)
-        }
-        if kept != traces:
-            store.set_metadata("noise_scale", kept)
+        for key, identifies, current in (
+            ("replicates", "trial_id", winner_ids),
+            ("noise_scale", "seed", winner_seeds),
+        ):
+            stored = store.metadata.get(key, {})
+            kept = {
+                size: entry
+                for size, entry in stored.items()
+                if entry.get(identifies) == current.get(size)
+            }
+            if kept != stored:
+                store.set_metadata(key, kept)
 
     def _record_step_time(self, store: StudyStore, data: Data, batch_size: int) -> None:
         """Measure one model's step time at ``batch_size`` once per study and device."""
