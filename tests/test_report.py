@@ -314,3 +314,35 @@ def test_a_goal_met_before_any_training_still_gets_a_report(tmp_path: Path) -> N
     page = write_report(store, tmp_path / "report", bootstrap_samples=0).read_text()
     assert "validation_curves.png" in page
     assert analyze_store(store).fit is None
+
+
+def test_normalised_comparison_draws_perfect_scaling_from_each_curve_s_start() -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    curves = {
+        "a": ([4, 16, 64], [800.0, 200.0, 50.0]),  # perfect scaling from 4
+        "b": ([8, 32, 128], [400.0, 100.0, 25.0]),  # perfect scaling from 8
+        "c": ([8, 32], [None, None]),  # never reached the goal
+    }
+    figures.plot_comparison(ax, curves, normalise=True)
+    lines = ax.get_lines()
+    data = {line.get_label(): line for line in lines if line.get_marker() not in ("None", "")}
+    references = [line for line in lines if line.get_linestyle() == "--"]
+    assert len(references) == 2
+    for label, reference in zip(("a", "b"), references, strict=True):
+        sizes, shown = data[label].get_data()
+        grid, ideal = reference.get_data()
+        assert grid[0] == sizes[0] and ideal[0] == 1.0
+        # a perfectly scaling curve lies on its own reference line
+        np.testing.assert_allclose(shown, sizes[0] / np.asarray(sizes, dtype=float))
+        assert reference.get_color() == data[label].get_color()
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert legend.count("perfect scaling") == 1 and "c (goal not reached)" in legend
+
+
+def test_table_numbers_never_round_onto_a_whole_number() -> None:
+    from batchscale.report.html import _number
+
+    assert _number(0.9996) == "0.9996"  # a momentum, not 1
+    assert _number(0.123456) == "0.123" and _number(1500.3) == "1,500" and _number(3.0) == "3"
+    assert _number(None) == "-"

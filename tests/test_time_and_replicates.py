@@ -80,6 +80,8 @@ def test_study_stores_step_times_and_replicates(tmp_path: Path) -> None:
     for section in ("Time to result", "Replicated winners", "Gradient noise scale",
                     "Closed-form prediction"):  # fmt: skip
         assert section in html
+    # The projection's assumptions are on the page, not drawn off the figure's edge.
+    assert "8 devices, ring all-reduce of" in html and "10 GB/s" in html
     for name in ("time_to_result", "replicates", "noise_scale", "nqm_prediction"):
         assert (tmp_path / "report" / f"{name}.png").is_file()
 

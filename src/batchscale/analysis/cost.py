@@ -46,7 +46,7 @@ class DataParallelCost:
         return volume / self.bandwidth + 2 * (n - 1) * self.latency
 
     def describe(self) -> str:
-        """The assumptions in one line, for a figure."""
+        """The assumptions in one line, for a caption."""
         return (
             f"{self.devices} devices, ring all-reduce of {self.parameters:,} parameters "
             f"({self.bytes_per_parameter} B each) at {self.bandwidth / 1e9:g} GB/s, "

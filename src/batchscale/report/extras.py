@@ -110,7 +110,6 @@ def time_figure(
         projected,
         f"{cost.devices} devices (projected)",
     )
-    figure.text(0.5, -0.02, "Projection: " + cost.describe(), ha="center", va="top", fontsize=7)
     return figure
 
 

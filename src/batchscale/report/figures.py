@@ -435,38 +435,42 @@ def plot_comparison(
     """Several studies' steps to result on one log-log plot, optionally relative to their first.
 
     ``curves`` maps a label to (batch sizes, steps). With ``normalise`` each curve is divided
-    by its steps at its smallest reached batch size, as the paper compares workloads.
+    by its steps at its smallest reached batch size, as the paper compares workloads, and
+    perfect scaling is drawn from each curve's own start (studies may start at different batch
+    sizes). A study that reached the goal nowhere is named in the legend as such.
     """
     cmap = colormaps["tab10"]
     markers = "osD^vP*Xh<>"
     format_batch_axis(ax)
     ax.set_yscale("log")
-    every = []
     for index, (label, (batch_sizes, steps)) in enumerate(curves.items()):
+        color = cmap(index % 10)
         sizes, counts, keep = _finite(batch_sizes, steps)
         if not keep.any():
+            ax.plot([], [], linestyle="none", color=color, label=f"{label} (goal not reached)")
             continue
+        reached = sizes[keep]
         shown = counts[keep] / counts[keep][0] if normalise else counts[keep]
-        every.append(sizes[keep])
         ax.plot(
-            sizes[keep],
+            reached,
             shown,
             marker=markers[index % len(markers)],
             markersize=4,
-            color=cmap(index % 10),
+            color=color,
             label=label,
         )
-    if every and normalise:
-        sizes = np.concatenate(every)
-        grid = np.geomspace(sizes.min(), sizes.max(), 100)
-        ax.plot(
-            grid,
-            sizes.min() / grid,
-            linestyle=(0, (4, 3)),
-            color=REFERENCE_COLOR,
-            linewidth=1.0,
-            label="perfect scaling",
-        )
+        if normalise and len(reached) > 1:
+            grid = np.geomspace(reached[0], reached[-1], 50)
+            first_line = not any(line.get_label() == "perfect scaling" for line in ax.lines)
+            ax.plot(
+                grid,
+                reached[0] / grid,
+                linestyle=(0, (4, 3)),
+                color=color,
+                linewidth=0.8,
+                alpha=0.7,
+                label="perfect scaling" if first_line else "_nolegend_",
+            )
     ax.set_xlabel("Batch size")
     ax.set_ylabel("Steps relative to smallest batch size" if normalise else "Steps to result")
     format_value_axis(ax)

@@ -72,7 +72,13 @@ def _number(value: Any, digits: int = 3) -> str:
     if abs(number) >= 1000:
         # Three significant digits, written out: 15,000 reads faster than 1.5e+04.
         return f"{float(f'{number:.{digits}g}'):,.0f}"
-    return f"{number:.{digits}g}"
+    text = f"{number:.{digits}g}"
+    # A momentum or an accuracy of 0.9996 must not read as 1 (a goal, or the end of a range):
+    # more digits until the value no longer rounds onto a whole number.
+    while float(text).is_integer() and digits < 8:
+        digits += 1
+        text = f"{number:.{digits}g}"
+    return text
 
 
 def _interval(
@@ -182,15 +188,21 @@ def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
     note = (
         f"Fit of S(B) = S<sub>min</sub> (1 + B<sub>crit</sub> / B) by least squares on log steps "
         f"over {len(fit.batch_sizes)} batch sizes (rms log residual "
-        f"{fit.rms_log_residual:.3f}). Intervals: {round(fit.confidence * 100)}%, "
-        f"{_esc(fit.interval_method)}."
+        f"{fit.rms_log_residual:.3f}). "
     )
+    if fit.interval_method == "none":
+        note += (
+            "No intervals: two batch sizes fit exactly, or B<sub>crit</sub> sits at the edge of "
+            "the range it was searched in (the data do not locate it)."
+        )
+    else:
+        note += f"Intervals: {round(fit.confidence * 100)}%, {_esc(fit.interval_method)}."
     if fit.interval_method.startswith("bootstrap"):
         note += (
             " Steps to result is a minimum over trials, so resampled trials can only match or "
             "exceed it: the interval shows how much the answer rests on the best few trials."
         )
-    elif raced:
+    elif raced and fit.interval_method != "none":
         note += (
             " Racing stopped the trials that could no longer win before they reached the goal, "
             "so trials cannot be resampled: the interval reflects how far the points scatter "
@@ -375,8 +387,8 @@ def extra_sections(
                 "Left: one model's training step time at each batch size on "
                 f"{_esc(_step_time_device(meta))} (median of repeats, after warm-up, without "
                 "evaluation). Right: steps to result times step time, measured on one device, "
-                f"and projected onto {cost.devices} data-parallel devices by the cost model "
-                "stated under the figure (see batchscale.analysis.cost).",
+                f"and projected onto {cost.devices} data-parallel devices by a cost model "
+                f"(batchscale.analysis.cost): {_esc(cost.describe())}.",
             )
             sections.append("<h2>Time to result</h2>" + _figure_html(rendered))
         replicated = extras.replicates_figure(analysis, meta)
