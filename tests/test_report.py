@@ -313,7 +313,13 @@ def test_a_goal_met_before_any_training_still_gets_a_report(tmp_path: Path) -> N
     assert {row.steps_to_result for row in summary.batch_sizes} == {0}
     page = write_report(store, tmp_path / "report", bootstrap_samples=0).read_text()
     assert "validation_curves.png" in page
-    assert analyze_store(store).fit is None
+    analysis = analyze_store(store)
+    assert analysis.fit is None
+    [easy] = [w for w in analysis.warnings if w.check == "easy_goal"]
+    assert easy.batch_sizes == (4, 16, 64) and "choose a harder goal" in page
+    figure = figures.steps_figure(analysis)
+    labels = [h.get_label() for h in figure.axes[0].get_legend().legend_handles]
+    assert "met before training" in labels and "goal not reached" not in labels
 
 
 def test_normalised_comparison_draws_perfect_scaling_from_each_curve_s_start() -> None:

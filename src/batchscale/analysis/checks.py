@@ -161,6 +161,29 @@ def few_reached_warnings(reached: pd.Series, minimum: int = 3) -> list[DesignWar
     return found
 
 
+def easy_goal_warnings(winning: pd.DataFrame) -> list[DesignWarning]:
+    """Batch sizes where the untrained model already meets the goal (steps to result 0).
+
+    There the winner is whichever trial has the smallest id, and the batch size says nothing
+    about scaling (it drops out of the fit).
+    """
+    easy = [int(size) for size, steps in winning["steps"].items() if steps == 0]
+    if not easy:
+        return []
+    plural = "s" if len(easy) > 1 else ""
+    return [
+        DesignWarning(
+            check="easy_goal",
+            batch_sizes=tuple(easy),
+            message=(
+                f"the untrained model already meets the goal at batch size{plural} "
+                f"{_listing(dict.fromkeys(easy, ''))} (steps to result 0), which then says "
+                "nothing about scaling: choose a harder goal"
+            ),
+        )
+    ]
+
+
 def fit_warnings(fit: ScalingFit | None) -> list[DesignWarning]:
     """No fit, or a critical batch size the batch sizes that reached the goal do not locate."""
     if fit is None:
@@ -262,6 +285,7 @@ def collect_warnings(
 ) -> list[DesignWarning]:
     """Every design check over precomputed parts (``winners``, ``trials_reaching``, ...)."""
     found = few_reached_warnings(reached, minimum_reached)
+    found += easy_goal_warnings(winning)
     if search_space is not None:
         found += edge_warnings(winning, search_space, edge_fraction)
     found += late_winner_warnings(winning, late_fraction)

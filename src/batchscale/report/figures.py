@@ -235,7 +235,23 @@ def plot_steps_to_result(
                 label="$B_{crit}$",
             )
             handles.append(marker)
-    missing = sizes[~keep]
+    untrained = sizes[values == 0]
+    if len(untrained):
+        bottom = blended_transform_factory(ax.transData, ax.transAxes)
+        (met,) = ax.plot(
+            untrained,
+            np.full(len(untrained), 0.03),
+            linestyle="none",
+            marker="^",
+            color=UNREACHED_COLOR,
+            markerfacecolor="none",
+            transform=bottom,
+            clip_on=False,
+            label="met before training",
+            zorder=4,
+        )
+        handles.append(met)
+    missing = sizes[~keep & (values != 0)]
     if len(missing):
         top = blended_transform_factory(ax.transData, ax.transAxes)
         (unreached,) = ax.plot(
