@@ -142,6 +142,9 @@ def test_common_budgets() -> None:
     budgets = pd.Series([100, 200], index=pd.Index([16, 64], name="batch_size"), name="step_budget")
     assert common_step_budget(MEASUREMENTS, budgets) == 100
     assert common_example_budget(MEASUREMENTS, budgets) == 1600
+    # The paper's time-budget studies record a step budget of 0: unknown, not zero.
+    timed = pd.Series([0, 0], index=budgets.index, name="step_budget")
+    assert common_step_budget(MEASUREMENTS, timed) == common_step_budget(MEASUREMENTS) == 80
 
 
 def test_neighbouring_goals_run_easiest_first() -> None:

@@ -54,12 +54,16 @@ def best_metric_under_example_budget(
 
 
 def _last_steps(measurements: pd.DataFrame, step_budgets: pd.Series | None) -> pd.Series:
-    """Steps each batch size could run: its step budget where known, else its last step."""
+    """Steps each batch size could run: its step budget where known, else its last step.
+
+    A budget of 0 is unknown too: the paper's released studies record ``train_steps = 0``
+    for a budget of time rather than steps.
+    """
     last = measurements.index.to_frame(index=False).groupby("batch_size")["step"].max()
     if step_budgets is None:
         return last
     known = step_budgets.groupby(level="batch_size").max().reindex(last.index)
-    return known.fillna(last)
+    return known.where(known > 0).fillna(last)
 
 
 def common_step_budget(measurements: pd.DataFrame, step_budgets: pd.Series | None = None) -> int:
