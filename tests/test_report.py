@@ -274,6 +274,21 @@ def test_plot_steps_to_result_draws_on_the_callers_axes() -> None:
     legend_labels = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "perfect scaling" in legend_labels and "diminishing returns" in legend_labels
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    # The regimes are shaded across the reached batch sizes only, 8 to 64.
+    spans = [patch.get_x() for patch in ax.patches] + [
+        patch.get_x() + patch.get_width() for patch in ax.patches
+    ]
+    assert min(spans) == 8.0 and max(spans) == 64.0
+
+
+def test_a_curve_scaling_perfectly_throughout_has_no_other_regime_shaded() -> None:
+    sizes = np.array([16.0, 32.0, 64.0, 128.0])
+    steps = 12800 / sizes
+    figure = Figure()
+    ax = figure.add_subplot()
+    figures.plot_steps_to_result(ax, sizes, steps, regimes=regimes(sizes, steps))
+    legend_labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "perfect scaling" in legend_labels and "diminishing returns" not in legend_labels
 
 
 def test_plot_trial_outcomes_stars_the_winner() -> None:

@@ -139,19 +139,21 @@ def _finite(
     return sizes, numbers, keep
 
 
-def shade_regimes(ax: Axes, regimes: Regimes, low: float, high: float) -> list[Patch]:
-    """Shade the measured regimes between x = ``low`` and ``high``; returns legend handles."""
+def shade_regimes(ax: Axes, regimes: Regimes) -> list[Patch]:
+    """Shade the measured regimes, only across the batch sizes that reached the goal (nothing
+    is known of the regime beyond them); returns legend handles."""
     if not regimes.slopes:
         return []
-    first = regimes.perfect_until if regimes.perfect_until is not None else low
-    last = regimes.maximal_from if regimes.maximal_from is not None else high
+    start, end = regimes.batch_sizes[0], regimes.batch_sizes[-1]
+    first = regimes.perfect_until if regimes.perfect_until is not None else start
+    last = regimes.maximal_from if regimes.maximal_from is not None else end
     spans = []
     if regimes.perfect_until is not None:
-        spans.append(("perfect scaling", low, regimes.perfect_until))
+        spans.append(("perfect scaling", start, regimes.perfect_until))
     if first < last:
         spans.append(("diminishing returns", first, last))
     if regimes.maximal_from is not None:
-        spans.append(("maximal data parallelism", regimes.maximal_from, high))
+        spans.append(("maximal data parallelism", regimes.maximal_from, end))
     handles = []
     for name, start, stop in spans:
         ax.axvspan(start, stop, color=REGIME_COLORS[name], zorder=0, linewidth=0)
@@ -267,7 +269,7 @@ def plot_steps_to_result(
         )
         handles.append(unreached)
     if regimes is not None:
-        handles += shade_regimes(ax, regimes, low, high)
+        handles += shade_regimes(ax, regimes)
     if keep.any():
         # Room above and below the data, so the markers and the legend do not collide.
         shown = values[keep]
