@@ -367,3 +367,23 @@ def test_table_numbers_never_round_onto_a_whole_number() -> None:
     assert _number(0.9996) == "0.9996"  # a momentum, not 1
     assert _number(0.123456) == "0.123" and _number(1500.3) == "1,500" and _number(3.0) == "3"
     assert _number(None) == "-"
+
+
+def test_plain_sgd_outcomes_use_a_log_axis_only_for_a_metric_spread_over_decades(
+    trained_store: Path,
+) -> None:
+    analysis = analyze_store(trained_store, bootstrap_samples=0)
+    opened = StudyStore.open(trained_store, read_only=True)
+    try:
+        trials = opened.trials().drop(columns="momentum")  # as a plain-SGD study stores them
+    finally:
+        opened.close()
+    index = trials.index
+    for values, scale in (
+        (np.linspace(0.90, 0.99, len(index)), "linear"),  # an accuracy: no decade to span
+        (-np.linspace(1.0, 3.0, len(index)), "linear"),  # a log-likelihood: below 0
+        (np.geomspace(0.01, 1.0, len(index)), "log"),
+    ):
+        best = pd.Series(values, index=index)
+        figure = figures.trial_outcomes_figure(analysis, trials, None, best)
+        assert figure.axes[0].get_yscale() == scale

@@ -559,6 +559,14 @@ def trial_outcomes_figure(
     figure = Figure(figsize=(1.75 * columns + 0.4, 1.65 * rows + 0.6), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
     has_momentum = "momentum" in trials.columns
+    log_y = has_momentum
+    if not has_momentum:
+        assert best_values is not None, "plain SGD needs best_values for the y axis"
+        metric = best_values.to_numpy(dtype=float)
+        metric = metric[np.isfinite(metric)]
+        # A log axis only for positive values spread over a decade or more (an accuracy of
+        # 0.9 to 0.99, or a log-likelihood below 0, would lose its ticks or its points).
+        log_y = bool(len(metric)) and metric.min() > 0 and metric.max() >= 10 * metric.min()
     outcomes = analysis.outcomes
     for ax in axes.flat[len(sizes) :]:
         ax.set_visible(False)
@@ -568,7 +576,7 @@ def trial_outcomes_figure(
         if has_momentum:
             y = 1.0 - at_size["momentum"].to_numpy(dtype=float)
         else:
-            assert best_values is not None, "plain SGD needs best_values for the y axis"
+            assert best_values is not None
             y = best_values.xs(size, level="batch_size").reindex(at_size.index).to_numpy(float)
         labels = outcomes.xs(size, level="batch_size").reindex(at_size.index).fillna("missed")
         winner_id = analysis.winners.loc[size, "trial_id"]
@@ -576,7 +584,7 @@ def trial_outcomes_figure(
         plot_trial_outcomes(ax, x, y, list(labels), winner=winner)
         ax.set_title(f"B = {size}", pad=3)
         ax.set_xscale("log")
-        ax.set_yscale("log")
+        ax.set_yscale("log" if log_y else "linear")
         ax.grid(False)
         # Minor ticks add nothing to a scatter of points and dominate the drawing time.
         ax.minorticks_off()
