@@ -113,6 +113,14 @@ def test_a_trial_that_reached_the_goal_counts_as_reached_whatever_its_status() -
     assert trial_outcomes(MEASUREMENTS, trials, "val/error", 0.1)[(16, 0)] == "reached"
 
 
+def test_an_imported_trial_stopped_early_is_incomplete_not_missed() -> None:
+    trials = TRIALS.copy()
+    trials.loc[(64, 1), "status"] = "INCOMPLETE"
+    trials.loc[(16, 1), "status"] = "INCOMPLETE"
+    outcomes = trial_outcomes(MEASUREMENTS, trials, "val/error", 0.1)
+    assert outcomes[(64, 1)] == "incomplete" and outcomes[(16, 1)] == "reached"
+
+
 def test_first_hit_steps() -> None:
     hits = first_hit_steps(MEASUREMENTS, "val/error", 0.1)
     assert hits[(16, 0)] == 40 and hits[(16, 1)] == 30
@@ -234,6 +242,7 @@ def test_analyze_handles_imported_data_without_budgets_or_search_space() -> None
     assert analysis.fit.b_crit == pytest.approx(64.0, rel=1e-3)
     assert analysis.fit.interval_method == "least-squares covariance"
     assert (analysis.winners["trial_id"] == 0).all()
+    assert set(analysis.outcomes) == {"reached"}  # trial 2 is INCOMPLETE, but reached first
     assert "test" not in analysis.winners.columns
     assert not [w for w in analysis.warnings if w.check in {"edge", "late_winner"}]
     # Trials here ran past the goal, so the harder goal is measured and agrees.

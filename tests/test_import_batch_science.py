@@ -16,6 +16,7 @@ from batchscale.importers import (
     import_batch_science,
     paper_goal,
 )
+from batchscale.report import write_report
 from batchscale.search import SearchSpace
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import summarize
@@ -283,6 +284,10 @@ def test_show_and_analysis_read_an_import(
     analysis = analyze_store(store, bootstrap_samples=0)
     assert analysis.winners["steps"].tolist()[:2] == [150.0, 80.0]
     assert not store.with_name("mnist.sqlite-wal").exists()
+    # INCOMPLETE trial 3 (its rows not imported) is counted as such, not as missing the goal.
+    assert analysis.outcomes[(16, 3)] == "incomplete"
+    page = write_report(store, tmp_path / "report", bootstrap_samples=0).read_text()
+    assert "reached / missed / diverged / pruned / incomplete" in page
 
 
 def test_metric_and_goal_errors(archive: Path, tmp_path: Path) -> None:

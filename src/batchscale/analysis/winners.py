@@ -18,8 +18,8 @@ DERIVED_COLUMNS = frozenset(
     {"steps", "examples", "trial_id", "validation", "test", "effective_learning_rate"}
 )
 
-Outcome = Literal["reached", "missed", "diverged", "pruned"]
-OUTCOMES: tuple[Outcome, ...] = ("reached", "missed", "diverged", "pruned")
+Outcome = Literal["reached", "missed", "diverged", "pruned", "incomplete"]
+OUTCOMES: tuple[Outcome, ...] = ("reached", "missed", "diverged", "pruned", "incomplete")
 
 
 @overload
@@ -113,13 +113,14 @@ def trial_outcomes(
     target: float,
     maximize: bool = False,
 ) -> pd.Series:
-    """Each trial's outcome: ``reached``, ``diverged``, ``pruned`` or ``missed``.
+    """Each trial's outcome: ``reached``, ``diverged``, ``pruned``, ``incomplete`` or ``missed``.
 
     A trial that reached the goal counts as ``reached`` whatever happened after, because its
     rows count towards steps to result. Otherwise ``INFEASIBLE`` is ``diverged``, ``PRUNED`` is
-    ``pruned``, and everything else (ran its budget, or stopped early in imported data) is
-    ``missed``. Indexed by (batch_size, trial_id) over the trials table and any trial that
-    only appears in the measurements.
+    ``pruned``, ``INCOMPLETE`` (stopped early for another reason, in imported data, whose rows
+    are usually not imported) is ``incomplete``, and a trial that ran its budget is ``missed``.
+    Indexed by (batch_size, trial_id) over the trials table and any trial that only appears in
+    the measurements.
     """
     hits = first_hit_steps(measurements, metric, target, maximize)
     index = trials.index.union(hits.index)
@@ -131,5 +132,6 @@ def trial_outcomes(
     outcome = pd.Series("missed", index=index, name="outcome")
     outcome[status == "INFEASIBLE"] = "diverged"
     outcome[status == "PRUNED"] = "pruned"
+    outcome[status == "INCOMPLETE"] = "incomplete"
     outcome[hits.reindex(index).notna()] = "reached"
     return outcome

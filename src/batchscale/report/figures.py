@@ -62,6 +62,12 @@ OUTCOME_STYLES: dict[str, dict[str, Any]] = {
     "missed": {"marker": "o", "color": "#9e9e9e", "label": "missed goal", "facecolor": "none"},
     "diverged": {"marker": "x", "color": "#d6604d", "label": "diverged"},
     "pruned": {"marker": "^", "color": "#e08214", "label": "pruned", "facecolor": "none"},
+    "incomplete": {
+        "marker": "s",
+        "color": "#9e9e9e",
+        "label": "stopped early (incomplete)",
+        "facecolor": "none",
+    },
 }
 DATA_COLOR = "#1f3b73"
 FIT_COLOR = "#c0392b"
@@ -338,8 +344,8 @@ def plot_trial_outcomes(
 ) -> None:
     """Trials of one batch size as points in (x, y), marked by outcome, the winner starred.
 
-    ``winner`` is the position of the winning trial in ``x``/``y``. Outcomes are
-    ``reached``, ``missed``, ``diverged`` and ``pruned`` (``batchscale.analysis.trial_outcomes``).
+    ``winner`` is the position of the winning trial in ``x``/``y``. Outcomes are those of
+    ``batchscale.analysis.trial_outcomes``.
     """
     xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     labels = np.asarray(outcomes)
@@ -611,7 +617,9 @@ def trial_outcomes_figure(
             markerfacecolor=style.get("facecolor", style["color"]),
             label=style["label"],
         )
-        for style in OUTCOME_STYLES.values()
+        for outcome, style in OUTCOME_STYLES.items()
+        # Only imported studies have trials that stopped early for another reason.
+        if outcome != "incomplete" or (outcomes == "incomplete").any()
     ]
     handles.append(
         Line2D(

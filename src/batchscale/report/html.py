@@ -217,6 +217,8 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
     if "effective_learning_rate" in winners.columns:
         params.append("effective_learning_rate")
     counts = analysis.outcomes.groupby(level="batch_size").value_counts().unstack(fill_value=0)
+    # Only imported studies have trials that stopped early for another reason.
+    shown = [o for o in OUTCOMES if o != "incomplete" or o in counts.columns]
     headers = [
         "batch size",
         "steps to result",
@@ -226,7 +228,7 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
         "test",
         *[PARAMETER_NAMES.get(p, p) for p in params],
         "regime",
-        "reached / missed / diverged / pruned",
+        " / ".join(shown),
     ]
     timed = "train_time" in winners.columns
     if timed:
@@ -245,7 +247,7 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
             _number(row.get("test")),
             *[_number(row[p]) for p in params],
             regime or "-",
-            " / ".join(str(int(tally.get(o, 0))) for o in OUTCOMES),
+            " / ".join(str(int(tally.get(o, 0))) for o in shown),
         ]
         if timed:
             cells.append(_number(row["train_time"]))
