@@ -288,6 +288,7 @@ def test_show_and_analysis_read_an_import(
     assert analysis.outcomes[(16, 3)] == "incomplete"
     page = write_report(store, tmp_path / "report", bootstrap_samples=0).read_text()
     assert "reached / missed / diverged / pruned / incomplete" in page
+    assert "train time" not in page  # the release has no times
 
 
 def test_metric_and_goal_errors(archive: Path, tmp_path: Path) -> None:

@@ -230,7 +230,8 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
         "regime",
         " / ".join(shown),
     ]
-    timed = "train_time" in winners.columns
+    # Imported studies carry no times (stored as 0): no column rather than a column of zeros.
+    timed = "train_time" in winners.columns and bool((winners["train_time"] > 0).any())
     if timed:
         headers.append("winner's train time (s)")
     rows = []
