@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from batchscale import Study, StudyConfig
-from batchscale.training.cohort import CohortPlan, intra_op_threads, plan_cohort
+from batchscale.training.cohort import CohortPlan, plan_cohort
 from batchscale.training.engine import Engine, run_cohort
+from batchscale.training.reference import intra_op_threads, train_reference
 from batchscale.training.trial import TrialResult
 
 # Learning rates low enough that no trial diverges within the measured steps.
@@ -83,9 +84,25 @@ def trial_steps_per_second(
     specs = study.trial_specs(batch_size)[:trials]
     results: list[TrialResult] = []
     steps = [0, specs[0].step_budget]
-    run_cohort(
-        engine, study.workload, data, specs, study.rules, steps, False, None, results.append, plan
-    )
+    if engine == "reference":
+        # Under the caller's thread count (a study's reference runs on one thread).
+        for spec in specs:
+            results.append(
+                train_reference(study.workload, data, spec, study.rules, steps, threads=None)
+            )
+    else:
+        run_cohort(
+            engine,
+            study.workload,
+            data,
+            specs,
+            study.rules,
+            steps,
+            False,
+            None,
+            results.append,
+            plan,
+        )
     return sum(r.steps for r in results) / sum(r.train_time for r in results)
 
 

@@ -26,7 +26,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from batchscale.executors.ray import RayExecutor
+from batchscale.executors.ray import LOOPBACK_SWITCH, RayExecutor
 
 
 def parse_args() -> argparse.Namespace:
@@ -150,6 +150,7 @@ def print_memory(title: str, table: dict[str, tuple[int, int, int]]) -> None:
 def main() -> None:
     """Measure and print."""
     args = parse_args()
+    os.environ.setdefault(LOOPBACK_SWITCH, "0")  # before Ray's first import: see RayExecutor
     import ray
 
     cores = os.cpu_count()

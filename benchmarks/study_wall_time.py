@@ -3,14 +3,13 @@
 Runs the default study (``StudyConfig()``: its workload, optimizer, batch sizes, trials,
 budgets and goal) twice into temporary stores, once with ``engine="reference", mode="full"``
 and once with ``engine="cohort", mode="race"``, and prints both wall times, their ratio, and
-steps to result at every batch size from both runs, checking that they are identical. The
-reference runs on one intra-op thread unless told otherwise: the cohort engine reproduces
-that loop bit for bit, while the reference's own curves change in their last bits with its
-thread count, and trials near the edge of stability amplify such differences. The reference
-run takes a long time on a small CPU; ``--quick`` runs a reduced study (fewer batch sizes,
-trials and steps) to check the script.
+steps to result at every batch size from both runs, checking that they are identical. On a
+CPU the reference loop, as in any study, runs on one intra-op thread (its numbers would
+otherwise depend on the machine's cores), and the cohort engine reproduces it bit for bit.
+The reference run takes a long time on a small CPU; ``--quick`` runs a reduced study (fewer
+batch sizes, trials and steps) to check the script.
 
-    python benchmarks/study_wall_time.py [--quick] [--device cpu] [--reference-threads 1]
+    python benchmarks/study_wall_time.py [--quick] [--device cpu]
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from typing import Any
 import torch
 
 from batchscale import Study, StudyConfig, StudySummary
-from batchscale.training.cohort import intra_op_threads
 
 QUICK: dict[str, Any] = {"batch_sizes": (32, 256), "trials": 6, "step_budget": 1500}
 
@@ -35,14 +33,6 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced study, to check the script")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument(
-        "--reference-threads",
-        type=int,
-        default=1,
-        help="intra-op CPU threads of the reference run (default 1: the cohort engine reproduces "
-        "the one-thread reference bit for bit; with more threads the reference's own curves "
-        "change in the last bits, which chaotic trials amplify)",
-    )
     return parser.parse_args()
 
 
@@ -66,11 +56,10 @@ def main() -> None:
         f"{base.trials} trials each{' (quick)' if args.quick else ''}\n"
     )
     with tempfile.TemporaryDirectory() as folder:
-        with intra_op_threads(args.reference_threads):
-            reference_time, reference = timed_run(
-                base.model_copy(update={"engine": "reference", "mode": "full"}),
-                Path(folder) / "reference.sqlite",
-            )
+        reference_time, reference = timed_run(
+            base.model_copy(update={"engine": "reference", "mode": "full"}),
+            Path(folder) / "reference.sqlite",
+        )
         cohort_time, cohort = timed_run(
             base.model_copy(update={"engine": "cohort", "mode": "race"}),
             Path(folder) / "cohort.sqlite",
@@ -89,8 +78,7 @@ def main() -> None:
             f"{'yes' if same else 'NO'}"
         )
     print(
-        f"\nwall time: reference + full {reference_time:.1f} s "
-        f"({args.reference_threads} intra-op thread(s)), cohort + race {cohort_time:.1f} s"
+        f"\nwall time: reference + full {reference_time:.1f} s, cohort + race {cohort_time:.1f} s"
     )
     print(f"speed-up: {reference_time / cohort_time:.1f}x")
     print(f"steps to result identical at every batch size: {'yes' if identical else 'NO'}")

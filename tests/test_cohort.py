@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -24,14 +25,13 @@ from batchscale.training.cohort import (
     ParameterLayout,
     choose_kernels,
     class_major_log_softmax_is_exact,
-    intra_op_threads,
     plan_cohort,
     train_cohort,
     worker_threads,
 )
 from batchscale.training.engine import Engine, first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps
-from batchscale.training.reference import initialised_model
+from batchscale.training.reference import initialised_model, intra_op_threads
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads import OPTIMIZERS, CustomWorkload, Optimizer, Workload
 from batchscale.workloads.base import EpochSampler
@@ -588,3 +588,46 @@ def test_models_that_cannot_be_batched_fall_back_to_the_reference(
     run_cohort("cohort", workload, data, specs, rules, steps, False, None, results.append)
     assert sorted(r.spec.trial_id for r in results) == [0, 1]
     assert all(r.measurements[-1]["step"] == r.steps for r in results)
+
+
+def test_the_reference_s_numbers_do_not_depend_on_the_process_s_threads() -> None:
+    # Chaotic trials at batch size 1024: a matrix multiply split over two threads adds up in
+    # another order, and the curve drifts; the reference runs on one thread whatever is set.
+    study = _study("mnist1d-mlp", "nesterov")
+    space = {
+        "learning_rate": {"scale": "log", "low": 0.3, "high": 1.0},
+        "momentum": {"scale": "reverse_log", "low": 0.85, "high": 0.9},
+    }
+    config = study.config.model_copy(update={"search_space": space, "trials": 2})
+    specs = [replace(s, step_budget=120) for s in Study(config, Path("u.sqlite")).trial_specs(1024)]
+    never = StopRules(target=0.0, maximize=False, divergence_factor=1e9)
+    runs = []
+    for threads in (1, 2):
+        with intra_op_threads(threads):
+            runs.append(_by_id(_run("reference", study.workload, specs, never, False)))
+            assert torch.get_num_threads() == threads  # the caller's setting is restored
+    for trial_id, result in runs[0].items():
+        assert _exact(result.measurements) == _exact(runs[1][trial_id].measurements)
+
+
+def _exact(rows: list[dict[str, float]]) -> list[dict[str, float | None]]:
+    """Rows with NaN (the training loss at step 0) as None, so that == compares every bit."""
+    return [{k: None if math.isnan(v) else v for k, v in row.items()} for row in rows]
+
+
+def test_a_functional_trial_s_numbers_do_not_depend_on_how_many_share_its_call() -> None:
+    # vmap over one trial runs other convolution kernels than over several; a lone trial is
+    # computed beside a copy of itself, so its bits are those it gets in any larger call.
+    study = _study("mnist1d-cnn", "nesterov")
+    specs = study.trial_specs(CASES["mnist1d-cnn"].batch_size)[:3]
+    specs = [replace(s, step_budget=30) for s in specs]
+    never = StopRules(target=0.0, maximize=False, divergence_factor=1e9)
+    data = study.workload.data()
+    plan = plan_cohort(study.workload, data, specs, check_speed=False)
+    assert plan is not None and plan.kernels == "functional"
+    runs = [
+        _by_id(_run("cohort", study.workload, specs, never, False, replace(plan, chunk_trials=n)))
+        for n in (1, 3)
+    ]
+    for trial_id, result in runs[0].items():
+        assert _exact(result.measurements) == _exact(runs[1][trial_id].measurements)

@@ -351,3 +351,24 @@ def stored_trials(store: Path) -> pd.DataFrame:
     if not store.exists():
         return pd.DataFrame(columns=["finished_at"])
     return load_study(str(store)).trials()
+
+
+def test_a_local_instance_is_refused_where_ray_was_imported_without_the_loopback_switch() -> None:
+    script = (
+        "import ray\n"
+        "from batchscale.config import ConfigError\n"
+        "from batchscale.executors.ray import RayExecutor\n"
+        "try:\n"
+        "    RayExecutor().connect()\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+        "print('initialised' if ray.is_initialized() else 'not started')\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != LOOPBACK_SWITCH}
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    message, started = done.stdout.strip().splitlines()
+    assert message.startswith("Ray was imported before batchscale could keep its local instance")
+    assert started == "not started"  # nothing listens anywhere

@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -178,7 +179,14 @@ class RayExecutor(Executor):
         if self._ray is not None:
             return self._ray
         if self.address is None:
-            # Read by Ray when it is first imported.
+            if "ray" in sys.modules and os.environ.get(LOOPBACK_SWITCH) != "0":
+                # Read by Ray when it is first imported: too late now, and the local instance
+                # would listen on the machine's outward address.
+                raise ConfigError(
+                    "Ray was imported before batchscale could keep its local instance on "
+                    f"127.0.0.1; set {LOOPBACK_SWITCH}=0 before importing ray, or start a "
+                    "cluster yourself and pass --ray-address"
+                )
             os.environ.setdefault(LOOPBACK_SWITCH, "0")
         import ray
 

@@ -30,7 +30,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import cache, partial
 from typing import Any, Literal
@@ -42,7 +41,7 @@ from torch.func import functional_call, grad, vmap
 from batchscale.training.evaluation import EVAL_CHUNK
 from batchscale.training.optimizers import batched_sgd_step, torch_optimizer
 from batchscale.training.race import RaceBoard, best_bound_of
-from batchscale.training.reference import initialised_model
+from batchscale.training.reference import initialised_model, intra_op_threads
 from batchscale.training.schedules import linear_decay
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads.base import Data, EpochSampler, Split, Workload
@@ -420,6 +419,16 @@ class FunctionalKernels(Kernels):
     def _buffers(self, rows: slice) -> dict[str, Tensor]:
         return {name: buffer[rows] for name, buffer in self.buffers.items()}
 
+    @staticmethod
+    def _lone_trial_doubled(*trees: dict[str, Tensor]) -> list[dict[str, Tensor]]:
+        """Each tensor of ``trees`` (a single trial's) stacked with a copy of itself.
+
+        ``vmap`` over one trial runs other kernels (a convolution's, say) than over several,
+        with other rounding; a lone trial computed beside its copy gets the bits it gets in
+        any larger call, so its curve does not depend on how many trials share its call.
+        """
+        return [{name: torch.cat([t, t]) for name, t in tree.items()} for tree in trees]
+
     def accumulate(
         self,
         params: Tensor,
@@ -433,10 +442,16 @@ class FunctionalKernels(Kernels):
     ) -> Tensor:
         """See ``Kernels.accumulate``."""
         named = dict(zip(self.layout.names, self.layout.views(params[rows]), strict=True))
+        buffers = self._buffers(rows)
+        lone = inputs.shape[0] == 1
+        if lone:
+            named, buffers = self._lone_trial_doubled(named, buffers)
+            inputs, targets = torch.cat([inputs, inputs]), torch.cat([targets, targets])
         self.base.train()
-        gradients, loss = self._grad_fn(label_smoothing)(
-            named, self._buffers(rows), inputs, targets
-        )
+        gradients, loss = self._grad_fn(label_smoothing)(named, buffers, inputs, targets)
+        if lone:
+            gradients, loss = {name: g[:1] for name, g in gradients.items()}, loss[:1]
+            inputs = inputs[:1]
         count = loss.shape[0]
         flat = torch.cat([gradients[name].reshape(count, -1) for name in self.layout.names], 1)
         if inputs.shape[1] != batch_size:
@@ -456,13 +471,18 @@ class FunctionalKernels(Kernels):
         def forward(params: dict[str, Tensor], buffers: dict[str, Tensor]) -> Tensor:
             return functional_call(self.base, (params, buffers), (inputs,))
 
+        buffers = self._buffers(rows)
+        lone = next(iter(named.values())).shape[0] == 1
+        if lone:
+            named, buffers = self._lone_trial_doubled(named, buffers)
         was_training = self.base.training
         self.base.eval()
         try:
             with torch.no_grad():
-                return vmap(forward)(named, self._buffers(rows))
+                outputs = vmap(forward)(named, buffers)
         finally:
             self.base.train(was_training)
+        return outputs[:1] if lone else outputs
 
     def row_bytes(self) -> int:
         """Estimated from the leaf modules' outputs for one example."""
@@ -704,19 +724,6 @@ def plan_cohort(
         eval_examples=min(EVAL_CHUNK, max(1, free_bytes // (chunk_trials * row_bytes)), eval_cap),
     )
     return tune_plan(workload, data, specs, plan) if check_speed else plan
-
-
-@contextmanager
-def intra_op_threads(threads: int | None) -> Iterator[None]:
-    """Run the body with ``threads`` intra-op CPU threads (None: as they are), then restore."""
-    previous = torch.get_num_threads()
-    if threads is not None and threads != previous:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != previous:
-            torch.set_num_threads(previous)
 
 
 def worker_threads(count: int, threads: int | None) -> ThreadPoolExecutor:

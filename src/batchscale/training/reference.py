@@ -7,6 +7,8 @@ that cannot be batched.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -16,6 +18,19 @@ from batchscale.training.race import RaceBoard, best_bound_of
 from batchscale.training.schedules import linear_decay
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads.base import Data, Workload
+
+
+@contextmanager
+def intra_op_threads(threads: int | None) -> Iterator[None]:
+    """Run the body with ``threads`` intra-op CPU threads (None: as they are), then restore."""
+    previous = torch.get_num_threads()
+    if threads is not None and threads != previous:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
+            torch.set_num_threads(previous)
 
 
 def initialised_model(workload: Workload, seed: int) -> torch.nn.Module:
@@ -33,11 +48,30 @@ def train_reference(
     evaluation_steps: list[int],
     race: RaceBound | None = None,
     board: RaceBoard | None = None,
+    threads: int | None = 1,
 ) -> TrialResult:
     """Train one trial to its goal, divergence, budget or (with ``race``) to where it can't win.
 
-    ``board`` (racing only) is read at every evaluation for a bound found elsewhere.
+    ``board`` (racing only) is read at every evaluation for a bound found elsewhere. On a CPU
+    the trial runs on ``threads`` intra-op threads (None: the process's setting). One by
+    default: a matrix multiply split over more threads adds up in another order, and near the
+    edge of stability such last-bit differences grow into another curve, so the numbers would
+    depend on the machine's cores (and differ from the cohort engine's and a Ray worker's).
     """
+    device = data.validation.inputs.device
+    with intra_op_threads(threads if device.type == "cpu" else None):
+        return _train_reference(workload, data, spec, rules, evaluation_steps, race, board)
+
+
+def _train_reference(
+    workload: Workload,
+    data: Data,
+    spec: TrialSpec,
+    rules: StopRules,
+    evaluation_steps: list[int],
+    race: RaceBound | None,
+    board: RaceBoard | None,
+) -> TrialResult:
     started = time.perf_counter()
     device = data.validation.inputs.device
     model = initialised_model(workload, spec.init_seed).to(device)
