@@ -775,10 +775,10 @@ def tune_plan(
     its kernels). That changes no number. At small batches the GIL makes it slower, and it
     must win clearly; on full kernel calls it is kept unless clearly slower (``THREADS_MARGIN``).
     The hand-written kernels do less work than autograd at every batch size; ``torch.func``'s
-    may not, and are compared with a reference step under the process's threads, which the
-    reference loop runs under. Timings are interleaved, on copies of the first trials (the
-    trials themselves are untouched), each the best of ``repeats`` after a warm-up, so that a
-    burst of other work on the machine does not decide.
+    may not, and are compared with a reference step on one thread, as the reference loop runs.
+    Timings are interleaved, on copies of the first trials (the trials themselves are
+    untouched), each the best of ``repeats`` after a warm-up, so that a burst of other work on
+    the machine does not decide.
     """
     device = data.train.inputs.device
     cohort = specs[: plan.cohort_size]
@@ -806,7 +806,8 @@ def tune_plan(
                 for step, timings in zip(steps, seconds, strict=True):
                     timings.append(_seconds(step, device))
             if reference is not None:
-                reference_seconds.append(_seconds(reference, device))
+                with intra_op_threads(1 if on_cpu else None):
+                    reference_seconds.append(_seconds(reference, device))
     finally:
         for state in states:
             state.close()
