@@ -610,6 +610,27 @@ def test_the_reference_s_numbers_do_not_depend_on_the_process_s_threads() -> Non
         assert _exact(result.measurements) == _exact(runs[1][trial_id].measurements)
 
 
+def test_nesterov_with_momentum_zero_trains_as_plain_sgd_in_both_engines() -> None:
+    # The default search spaces reach momentum 0 (1 - momentum up to 1); torch refuses
+    # Nesterov without momentum, so the reference trains such a trial with plain SGD.
+    study = _study("mnist1d-mlp", "nesterov")
+    space = {
+        "learning_rate": {"scale": "log", "low": 0.01, "high": 0.1},
+        "momentum": {"scale": "discrete", "values": [0.0]},
+    }
+    config = study.config.model_copy(update={"search_space": space, "trials": 2})
+    specs = [replace(s, step_budget=40) for s in Study(config, Path("u.sqlite")).trial_specs(32)]
+    never = StopRules(target=0.0, maximize=False, divergence_factor=1e9)
+    reference = _by_id(_run("reference", study.workload, specs, never, False))
+    cohort = _by_id(_run("cohort", study.workload, specs, never, False))
+    for trial_id, expected in reference.items():
+        got = cohort[trial_id].measurements
+        assert [r["val/classification_error"] for r in got] == [
+            r["val/classification_error"] for r in expected.measurements
+        ]
+        _assert_rows_close(got, expected.measurements)
+
+
 def _exact(rows: list[dict[str, float]]) -> list[dict[str, float | None]]:
     """Rows with NaN (the training loss at step 0) as None, so that == compares every bit."""
     return [{k: None if math.isnan(v) else v for k, v in row.items()} for row in rows]

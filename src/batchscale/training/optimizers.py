@@ -54,7 +54,9 @@ def torch_optimizer(
     parameters: list[Tensor], optimizer: Optimizer, learning_rate: float, momentum: float
 ) -> torch.optim.SGD:
     """The reference optimizer for one trial: ``torch.optim.SGD`` configured for ``optimizer``."""
-    if optimizer == "sgd":
+    if optimizer == "sgd" or momentum == 0:
+        # Momentum 0 is plain SGD however momentum would be applied (torch refuses Nesterov
+        # without it, and a default search space can reach it: 1 - momentum up to 1).
         return torch.optim.SGD(parameters, lr=learning_rate)
     return torch.optim.SGD(
         parameters, lr=learning_rate, momentum=momentum, nesterov=optimizer == "nesterov"

@@ -15,8 +15,7 @@ from batchscale.workloads.base import Optimizer
 # other name would be searched and then ignored.
 METAPARAMETERS: dict[str, tuple[str, Callable[[float], bool]]] = {
     "learning_rate": ("above 0", lambda v: v > 0),
-    # Momentum 0 is plain SGD: --optimizer sgd (torch refuses Nesterov without momentum).
-    "momentum": ("in (0, 1)", lambda v: 0 < v < 1),
+    "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "end_learning_rate_factor": ("at least 0", lambda v: v >= 0),
     "decay_fraction": ("above 0", lambda v: v > 0),
     "learning_rate_decay_steps": ("at least 1", lambda v: v >= 1),
