@@ -387,3 +387,22 @@ def test_plain_sgd_outcomes_use_a_log_axis_only_for_a_metric_spread_over_decades
         best = pd.Series(values, index=index)
         figure = figures.trial_outcomes_figure(analysis, trials, None, best)
         assert figure.axes[0].get_yscale() == scale
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.11, 0.12), (0.001, 0.04), (40.0, 900.0)])
+def test_a_log_value_axis_shows_two_or_more_distinct_labels(low: float, high: float) -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    ax.plot([1, 2], [low, high])
+    ax.set_yscale("log")
+    ax.set_ylim(low, high)
+    figures.format_value_axis(ax)
+    FigureCanvasAgg(figure).draw()
+    bottom, top = ax.get_ylim()
+    shown = [
+        tick.label1.get_text()
+        for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
+        if tick.label1.get_visible() and tick.label1.get_text() and bottom <= tick.get_loc() <= top
+    ]
+    assert len(shown) >= 2 or (high / low < 2.5 and len(shown) == 1), shown
+    assert len(set(shown)) == len(shown), shown

@@ -123,12 +123,19 @@ def _plain(value: float, _position: int) -> str:
 def format_value_axis(ax: Axes) -> None:
     """Plain numbers (``40``, ``200``) on a log y axis; minor ticks labelled on short ranges.
 
-    Call after the limits are final. Spanning less than about a decade, a log axis has one
-    major tick or none, so the 2x and 5x minor ticks get labels to keep the axis readable.
+    Call after the limits are final. Where fewer than two powers of ten fall inside, the 2x and
+    5x minor ticks get labels too; a range narrower than 2.5x is widened about its middle so
+    that at least one of 1, 2 or 5 times a power of ten falls inside (two labels of a finer
+    grid would round to the same text).
     """
     low, high = ax.get_ylim()
+    if high / low < 2.5:
+        middle = math.sqrt(low * high)
+        low, high = middle / 1.6, middle * 1.6
+        ax.set_ylim(low, high)
     ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-    if high / low < 30:
+    powers_inside = math.floor(math.log10(high)) - math.ceil(math.log10(low)) + 1
+    if powers_inside < 2:
         ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
         ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
     else:
