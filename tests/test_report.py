@@ -406,3 +406,36 @@ def test_a_log_value_axis_shows_two_or_more_distinct_labels(low: float, high: fl
     ]
     assert len(shown) >= 2 or (high / low < 2.5 and len(shown) == 1), shown
     assert len(set(shown)) == len(shown), shown
+
+
+def test_legends_below_narrow_figures_wrap_rather_than_run_off_the_edge(
+    trained_store: Path,
+) -> None:
+    from batchscale.analysis import analyze
+
+    opened = StudyStore.open(trained_store, read_only=True)
+    try:
+        measurements, trials = opened.measurements(), opened.trials()
+    finally:
+        opened.close()
+    # One batch size: the outcome panels are a single narrow column.
+    one = 8
+    analysis = analyze(
+        measurements.xs(one, level="batch_size", drop_level=False),
+        trials.xs(one, level="batch_size", drop_level=False),
+        "val/loss",
+        0.5,
+        bootstrap_samples=0,
+    )
+    subset = trials.xs(one, level="batch_size", drop_level=False)
+    with figures.paper_style():
+        outcomes = figures.trial_outcomes_figure(analysis, subset, None)
+        FigureCanvasAgg(outcomes).draw()
+        assert_readable(outcomes)
+        # Plain SGD: one metaparameter panel, three reference lines in its legend.
+        sgd = analyze(
+            measurements, trials.drop(columns="momentum"), "val/loss", 0.5, bootstrap_samples=0
+        )
+        panel = figures.metaparameters_figure(sgd)
+        FigureCanvasAgg(panel).draw()
+        assert_readable(panel)

@@ -142,6 +142,14 @@ def format_value_axis(ax: Axes) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def legend_columns(figure: Figure, handles: Sequence[Any]) -> int:
+    """Columns for a legend below ``figure``: as many as fit its width, so none is cut off."""
+    longest = max(len(str(handle.get_label())) for handle in handles)
+    # About 0.065 in per character at the legend's size, plus the marker and the gaps.
+    entry = 0.065 * longest + 0.5
+    return max(1, min(len(handles), int(figure.get_figwidth() // entry)))
+
+
 def _finite(
     batch_sizes: ArrayLike, values: ArrayLike
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.bool_]]:
@@ -550,7 +558,7 @@ def metaparameters_figure(analysis: StudyAnalysis) -> Figure:
             plot_winner_metaparameter(ax, sizes, values, ylabel=label, references=False)
         else:
             lines = plot_winner_metaparameter(ax, sizes, winners[column], ylabel=label)
-    figure.legend(handles=lines, loc="outside lower center", ncols=len(lines))
+    figure.legend(handles=lines, loc="outside lower center", ncols=legend_columns(figure, lines))
     return figure
 
 
@@ -640,7 +648,9 @@ def trial_outcomes_figure(
             label="winner",
         )
     )
-    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=legend_columns(figure, handles)
+    )
     return figure
 
 
