@@ -270,14 +270,7 @@ def test_mlp_trials_follow_the_reference_bit_for_bit_even_where_training_is_chao
     model = study.workload.make_model()
     assert isinstance(model, nn.Sequential)
     assert MlpKernels(model, ParameterLayout.of(model)).class_major == class_major
-    # Effective learning rates of 3 to 10: far past the edge of stability, where a difference
-    # in the last bit of one update grows into a different curve within a few hundred steps.
-    space = {
-        "learning_rate": {"scale": "log", "low": 0.3, "high": 1.0},
-        "momentum": {"scale": "reverse_log", "low": 0.85, "high": 0.9},
-    }
-    config = study.config.model_copy(update={"search_space": space, "trials": 3})
-    specs = [replace(s, step_budget=250) for s in Study(config, Path("u.sqlite")).trial_specs(32)]
+    specs = _chaotic_specs(study, trials=3, batch_size=32, steps=250)
     never = StopRules(target=0.0, maximize=False, divergence_factor=1e9)
     reference = _by_id(_run("reference", study.workload, specs, never, False))
     cohort = _by_id(_run("cohort", study.workload, specs, never, False))
@@ -594,12 +587,7 @@ def test_the_reference_s_numbers_do_not_depend_on_the_process_s_threads() -> Non
     # Chaotic trials at batch size 1024: a matrix multiply split over two threads adds up in
     # another order, and the curve drifts; the reference runs on one thread whatever is set.
     study = _study("mnist1d-mlp", "nesterov")
-    space = {
-        "learning_rate": {"scale": "log", "low": 0.3, "high": 1.0},
-        "momentum": {"scale": "reverse_log", "low": 0.85, "high": 0.9},
-    }
-    config = study.config.model_copy(update={"search_space": space, "trials": 2})
-    specs = [replace(s, step_budget=120) for s in Study(config, Path("u.sqlite")).trial_specs(1024)]
+    specs = _chaotic_specs(study, trials=2, batch_size=1024, steps=120)
     never = StopRules(target=0.0, maximize=False, divergence_factor=1e9)
     runs = []
     for threads in (1, 2):
@@ -629,6 +617,19 @@ def test_nesterov_with_momentum_zero_trains_as_plain_sgd_in_both_engines() -> No
             r["val/classification_error"] for r in expected.measurements
         ]
         _assert_rows_close(got, expected.measurements)
+
+
+def _chaotic_specs(study: Study, trials: int, batch_size: int, steps: int) -> list[TrialSpec]:
+    """Trials at effective learning rates of 3 to 10: far past the edge of stability, where a
+    difference in the last bit of one update grows into a different curve within a few hundred
+    steps."""
+    space = {
+        "learning_rate": {"scale": "log", "low": 0.3, "high": 1.0},
+        "momentum": {"scale": "reverse_log", "low": 0.85, "high": 0.9},
+    }
+    config = study.config.model_copy(update={"search_space": space, "trials": trials})
+    planned = Study(config, Path("u.sqlite")).trial_specs(batch_size)
+    return [replace(spec, step_budget=steps) for spec in planned]
 
 
 def _exact(rows: list[dict[str, float]]) -> list[dict[str, float | None]]:

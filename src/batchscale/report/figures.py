@@ -258,37 +258,27 @@ def plot_steps_to_result(
                 label="$B_{crit}$",
             )
             handles.append(marker)
-    untrained = sizes[values == 0]
-    if len(untrained):
-        bottom = blended_transform_factory(ax.transData, ax.transAxes)
-        (met,) = ax.plot(
-            untrained,
-            np.full(len(untrained), 0.03),
-            linestyle="none",
-            marker="^",
-            color=UNREACHED_COLOR,
-            markerfacecolor="none",
-            transform=bottom,
-            clip_on=False,
-            label="met before training",
-            zorder=4,
-        )
-        handles.append(met)
-    missing = sizes[~keep & (values != 0)]
-    if len(missing):
-        top = blended_transform_factory(ax.transData, ax.transAxes)
-        (unreached,) = ax.plot(
-            missing,
-            np.full(len(missing), 0.97),
-            linestyle="none",
-            marker="v",
-            color=UNREACHED_COLOR,
-            transform=top,
-            clip_on=False,
-            label="goal not reached",
-            zorder=4,
-        )
-        handles.append(unreached)
+    # Batch sizes that have no place on the log axis, marked at its edge.
+    edge = blended_transform_factory(ax.transData, ax.transAxes)
+    for where, height, symbol, face, label in (
+        (values == 0, 0.03, "^", "none", "met before training"),
+        (~keep & (values != 0), 0.97, "v", UNREACHED_COLOR, "goal not reached"),
+    ):
+        off_axis = sizes[where]
+        if len(off_axis):
+            (drawn,) = ax.plot(
+                off_axis,
+                np.full(len(off_axis), height),
+                linestyle="none",
+                marker=symbol,
+                color=UNREACHED_COLOR,
+                markerfacecolor=face,
+                transform=edge,
+                clip_on=False,
+                label=label,
+                zorder=4,
+            )
+            handles.append(drawn)
     if regimes is not None:
         handles += shade_regimes(ax, regimes)
     if keep.any():
