@@ -319,3 +319,20 @@ def test_paths_that_are_not_what_they_should_be(
         assert code == 2, command
         assert len(err.strip().splitlines()) == 1 and err.strip().startswith("error: "), err
     assert not (tmp_path / "s.sqlite").exists()
+
+
+def test_goals_outside_the_metric_s_range_are_refused_by_show_and_report(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in (
+        ["show", str(tiny_store), "--goals", "-1"],
+        ["show", str(tiny_store), "--goals", "0.5,-1", "--json"],
+        ["report", str(tiny_store), "--goals", "-1", "--out", str(tmp_path / "r")],
+    ):
+        code, out, err = run_cli(command, capsys)
+        assert code == 2 and not out, command
+        assert (
+            err.strip()
+            == "error: goal -1.0 is outside the range of loss [0, inf]; choose a goal inside it"
+        )
+    assert not (tmp_path / "r").exists()

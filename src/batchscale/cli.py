@@ -301,6 +301,24 @@ def parse_goals(text: str | None) -> list[float] | None:
     return goals
 
 
+def check_goals(store: Path, goals: list[float] | None) -> None:
+    """Refuse goals outside the stored study's metric range, where its workload is known."""
+    opened = StudyStore.open(store, read_only=True)
+    meta = opened.metadata
+    opened.close()
+    if not goals:
+        return
+    try:
+        metric = get_workload(meta["workload"]).metric
+    except ValueError:
+        return  # imported, or a user's own workload: the range is not recorded
+    for goal in goals:
+        try:
+            metric.check_target(goal, "goal")
+        except ValueError as error:
+            raise UserError(str(error)) from None
+
+
 def print_analysis(store: Path, goals: list[float] | None) -> None:
     """The fit, the regimes and every design warning of a stored study."""
     from batchscale.analysis import analyze_store
@@ -327,6 +345,7 @@ def show(
 ) -> None:
     """Print a stored study's steps to result per batch size, its fit and its warnings."""
     goal_list = parse_goals(goals)
+    check_goals(store, goal_list)
     opened = StudyStore.open(store, read_only=True)
     try:
         summary = summarize(opened, opened.metadata["metric"])
@@ -368,7 +387,7 @@ def report_command(
     from batchscale.report import write_report
 
     goal_list = parse_goals(goals)
-    StudyStore.open(store, read_only=True).close()
+    check_goals(store, goal_list)
     try:
         page = write_report(
             store,
