@@ -301,11 +301,9 @@ def parse_goals(text: str | None) -> list[float] | None:
     return goals
 
 
-def check_goals(store: Path, goals: list[float] | None) -> None:
-    """Refuse goals outside the stored study's metric range, where its workload is known."""
-    opened = StudyStore.open(store, read_only=True)
-    meta = opened.metadata
-    opened.close()
+def check_goals(meta: dict[str, Any], goals: list[float] | None) -> None:
+    """Refuse goals outside a stored study's metric range (``meta``), where its workload is
+    known."""
     if not goals:
         return
     try:
@@ -345,9 +343,9 @@ def show(
 ) -> None:
     """Print a stored study's steps to result per batch size, its fit and its warnings."""
     goal_list = parse_goals(goals)
-    check_goals(store, goal_list)
     opened = StudyStore.open(store, read_only=True)
     try:
+        check_goals(opened.metadata, goal_list)
         summary = summarize(opened, opened.metadata["metric"])
     finally:
         opened.close()
@@ -387,7 +385,9 @@ def report_command(
     from batchscale.report import write_report
 
     goal_list = parse_goals(goals)
-    check_goals(store, goal_list)
+    opened = StudyStore.open(store, read_only=True)
+    opened.close()
+    check_goals(opened.metadata, goal_list)
     try:
         page = write_report(
             store,
