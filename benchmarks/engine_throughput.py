@@ -236,9 +236,10 @@ def main() -> None:
         cohort_rate = rates.pop("cohort")
         reference_rates = {int(key): rate for key, rate in rates.items()}
         baseline = max(reference_rates.values())
-        one = reference_rates.get(1, float("nan"))
+        # On a GPU the thread count does not apply, so there is no one-thread column.
+        one = f"{reference_rates[1]:.0f}" if 1 in reference_rates else "-"
         print(
-            f"{batch_size:>6} {one:>16.0f} {reference_rates[default_threads]:>16.0f} "
+            f"{batch_size:>6} {one:>16} {reference_rates[default_threads]:>16.0f} "
             f"{cohort_rate:>10.0f} {cohort_rate / baseline:>6.2f}x  {describe(plan)}"
         )
         largest = (batch_size, cohort_rate, plan)

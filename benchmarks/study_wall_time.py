@@ -7,9 +7,11 @@ steps to result at every batch size from both runs, checking that they are ident
 CPU the reference loop, as in any study, runs on one intra-op thread (its numbers would
 otherwise depend on the machine's cores), and the cohort engine reproduces it bit for bit.
 The reference run takes a long time on a small CPU; ``--quick`` runs a reduced study (fewer
-batch sizes, trials and steps) to check the script.
+batch sizes, trials and steps) to check the script. On a GPU the reference loop is bound by
+kernel launches, and its run of the default study outlasts a short lease: ``--cohort-only``
+times the cohort engine alone and prints its steps to result.
 
-    python benchmarks/study_wall_time.py [--quick] [--device cpu]
+    python benchmarks/study_wall_time.py [--quick] [--cohort-only] [--device cpu]
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ def parse_args() -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced study, to check the script")
+    parser.add_argument(
+        "--cohort-only", action="store_true", help="time the cohort engine racing, nothing else"
+    )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser.parse_args()
 
@@ -55,15 +60,24 @@ def main() -> None:
         f"study: {base.workload}, {base.optimizer}, batch sizes {list(base.batch_sizes)}, "
         f"{base.trials} trials each{' (quick)' if args.quick else ''}\n"
     )
+    cohort_config = base.model_copy(update={"engine": "cohort", "mode": "race"})
+    if args.cohort_only:
+        with tempfile.TemporaryDirectory() as folder:
+            cohort_time, cohort = timed_run(cohort_config, Path(folder) / "cohort.sqlite")
+        print(f"{'batch':>6} {'cohort+race':>12} {'pruned':>7}")
+        for raced in cohort.batch_sizes:
+            print(
+                f"{raced.batch_size:>6} "
+                f"{f'{raced.steps_to_result} ({raced.best_trial})':>12} {raced.pruned:>7}"
+            )
+        print(f"\nwall time: cohort + race {cohort_time:.1f} s")
+        return
     with tempfile.TemporaryDirectory() as folder:
         reference_time, reference = timed_run(
             base.model_copy(update={"engine": "reference", "mode": "full"}),
             Path(folder) / "reference.sqlite",
         )
-        cohort_time, cohort = timed_run(
-            base.model_copy(update={"engine": "cohort", "mode": "race"}),
-            Path(folder) / "cohort.sqlite",
-        )
+        cohort_time, cohort = timed_run(cohort_config, Path(folder) / "cohort.sqlite")
     header = f"{'batch':>6} {'reference+full':>15} {'cohort+race':>12} {'pruned':>7}  same"
     print("steps to result (winning trial)")
     print(header)

@@ -258,6 +258,9 @@ def test_noise_scale_command(tiny_store: Path, capsys: pytest.CaptureFixture[str
     # A diverging run has no noise scale worth printing.
     code, out, err = run_cli([*mnist, "--batch-size", "64", "--learning-rate", "1000"], capsys)
     assert code == 2 and "diverged" in err and "lower --learning-rate" in err and not out
+    code, _, err = run_cli(["noise-scale", "--study", str(tiny_store), "--batch-size",
+                            str(reached[0]), "--device", "mps"], capsys)  # fmt: skip
+    assert code == 2 and "unknown device 'mps': use auto, cpu or cuda" in err
 
 
 def test_ctrl_c_says_so_and_exits_130(tmp_path: Path) -> None:

@@ -129,12 +129,18 @@ class Progress:
 
 
 def resolve_device(requested: str) -> torch.device:
-    """``auto`` picks CUDA where available, else the CPU; ``cuda`` must be available."""
+    """``auto`` picks CUDA where available, else the CPU; ``cuda`` must be available.
+
+    A CUDA device is returned with its index (``cuda:0``), the name its tensors report, so
+    that what is stored with a measurement compares equal to the device of a later run.
+    """
+    if requested not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"unknown device {requested!r}: use auto, cpu or cuda")
     if requested == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but no CUDA device is available")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
+    if requested == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 class Study:
