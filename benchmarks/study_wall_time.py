@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from batchscale import Study, StudyConfig, StudySummary
+from batchscale.study import BatchSizeSummary
 
 QUICK: dict[str, Any] = {"batch_sizes": (32, 256), "trials": 6, "step_budget": 1500}
 
@@ -39,6 +40,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     return parser.parse_args()
+
+
+def result(row: BatchSizeSummary) -> str:
+    """Steps to result and the winning trial, or "not reached"."""
+    if row.steps_to_result is None:
+        return "not reached"
+    return f"{row.steps_to_result} ({row.best_trial})"
 
 
 def timed_run(config: StudyConfig, store: Path) -> tuple[float, StudySummary]:
@@ -66,10 +74,7 @@ def main() -> None:
             cohort_time, cohort = timed_run(cohort_config, Path(folder) / "cohort.sqlite")
         print(f"{'batch':>6} {'cohort+race':>12} {'pruned':>7}")
         for raced in cohort.batch_sizes:
-            print(
-                f"{raced.batch_size:>6} "
-                f"{f'{raced.steps_to_result} ({raced.best_trial})':>12} {raced.pruned:>7}"
-            )
+            print(f"{raced.batch_size:>6} {result(raced):>12} {raced.pruned:>7}")
         print(f"\nwall time: cohort + race {cohort_time:.1f} s")
         return
     with tempfile.TemporaryDirectory() as folder:
@@ -87,8 +92,7 @@ def main() -> None:
         same = (full.steps_to_result, full.best_trial) == (raced.steps_to_result, raced.best_trial)
         identical &= same
         print(
-            f"{full.batch_size:>6} {f'{full.steps_to_result} ({full.best_trial})':>15} "
-            f"{f'{raced.steps_to_result} ({raced.best_trial})':>12} {raced.pruned:>7}  "
+            f"{full.batch_size:>6} {result(full):>15} {result(raced):>12} {raced.pruned:>7}  "
             f"{'yes' if same else 'NO'}"
         )
     print(
