@@ -7,13 +7,16 @@ from pathlib import Path
 
 import pytest
 
+from batchscale import load_study
 from batchscale.analysis import analyze_store, steps_to_result
 from batchscale.cli import main
 from batchscale.importers import (
+    PAPER_GOALS,
     BatchScienceError,
     canonical_name,
     find_workloads,
     import_batch_science,
+    metric_range,
     paper_goal,
 )
 from batchscale.report import write_report
@@ -306,7 +309,37 @@ def test_metric_and_goal_errors(archive: Path, tmp_path: Path) -> None:
         )
     with pytest.raises(BatchScienceError, match=r"val/accuracy is not a column.*val/class"):
         import_batch_science(archive / MNIST, tmp_path / "x.sqlite", metric="accuracy", target=0.9)
+    # A missing column is named as such even where no target is given.
+    with pytest.raises(BatchScienceError, match=r"val/accuracy is not a column.*val/class"):
+        import_batch_science(archive / MNIST, tmp_path / "x.sqlite", metric="accuracy")
+    # A goal no value of the metric can beat, or every value beats, is refused, not stored.
+    for target in (2.0, -1.0, math.nan):
+        with pytest.raises(
+            BatchScienceError, match=r"outside the range of classification_error \[0, 1\]"
+        ):
+            import_batch_science(archive / MNIST, tmp_path / "x.sqlite", target=target)
     assert not list(tmp_path.glob("x.sqlite*"))
+
+
+def test_the_metric_s_range_follows_its_name_and_is_stored(archive: Path, tmp_path: Path) -> None:
+    assert metric_range("classification_error") == (0.0, 1.0)
+    assert metric_range("average_precision") == (0.0, 1.0)
+    assert metric_range("cross_entropy_error") == (0.0, math.inf)  # the paper's LM goal, 3.9
+    assert metric_range("perplexity") == (1.0, math.inf)
+    assert metric_range("bleu") == (-math.inf, math.inf)
+    for goal in PAPER_GOALS.values():
+        low, high = metric_range(goal.column.removeprefix("val/"))
+        assert low <= goal.target <= high
+    store = tmp_path / "mnist.sqlite"
+    import_batch_science(archive / MNIST, store)
+    assert load_study(str(store)).metadata["metric_range"] == [0.0, 1.0]
+
+
+def test_an_archive_of_one_workload_needs_no_workload_name(tmp_path: Path) -> None:
+    root = tmp_path / "release"
+    write_mnist(root / MNIST)
+    summary = import_batch_science(root, tmp_path / "mnist.sqlite")
+    assert summary.source == root / MNIST
 
 
 def test_an_existing_store_is_refused_unless_forced(archive: Path, tmp_path: Path) -> None:

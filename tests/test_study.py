@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from batchscale import ConfigError, StoreError, Study, StudyConfig, load_study
+from batchscale import ConfigError, StoreError, Study, StudyConfig, build_config, load_study
 from batchscale.training.trial import Status
 
 from .conftest import TINY_NQM
@@ -86,6 +87,30 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="known workloads"):
         Study(StudyConfig(workload="imagenet-resnet"), tmp_path / "x.sqlite")
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('[search_space.learning_rate]\nscale = "log"\nlwo = 0.01\nhigh = 1.0',
+         "dimension 'learning_rate' has an unknown key 'lwo'; it takes scale, low, high"),
+        ('[search_space.learning_rate]\nscale = "logg"\nlow = 0.01\nhigh = 1.0',
+         "dimension 'learning_rate': 'scale' input should be 'log'"),
+        ('[search_space.learning_rate]\nscale = "log"\nlow = 1.0\nhigh = 0.1',
+         "dimension 'learning_rate' has an empty or inverted range"),
+        ('[search_space.learning_rat]\nscale = "log"\nlow = 0.01\nhigh = 1.0',
+         "unknown dimension 'learning_rat'; the trials read learning_rate"),
+        ('batch_sizes = "16,,32"', "batch sizes '16,,32' have an empty entry"),
+    ],
+)  # fmt: skip
+def test_config_errors_name_the_dimension_or_entry_at_fault(
+    table: str, message: str, tmp_path: Path
+) -> None:
+    file = tmp_path / "study.toml"
+    file.write_text(table + "\n")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Study(build_config(file), tmp_path / "x.sqlite")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]
 
 
 RESUME_SCRIPT = """

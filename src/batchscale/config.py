@@ -24,7 +24,10 @@ class ConfigError(ValueError):
 def parse_batch_sizes(value: Any) -> tuple[int, ...]:
     """Batch sizes from ``"16,32"`` or a list, sorted; ``ValueError`` unless positive integers."""
     if isinstance(value, str):
-        value = [part.strip() for part in value.split(",") if part.strip()]
+        parts = [part.strip() for part in value.split(",")]
+        if any(not part for part in parts) and any(parts):
+            raise ValueError(f"batch sizes '{value}' have an empty entry; e.g. 16,32,64")
+        value = [part for part in parts if part]
     if not isinstance(value, list | tuple) or not value:
         raise ValueError("give at least one batch size, e.g. 16,32,64")
     sizes = []
@@ -119,7 +122,6 @@ def build_config(file: Path | None = None, **overrides: Any) -> StudyConfig:
     if config.search_space is not None:
         try:
             SearchSpace.from_mapping(config.search_space)
-        except (ValidationError, TypeError) as error:
-            message = _first_error(error) if isinstance(error, ValidationError) else str(error)
-            raise ConfigError(f"search_space: {message}") from None
+        except ValueError as error:
+            raise ConfigError(f"search_space: {error}") from None
     return config

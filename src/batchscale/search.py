@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from scipy.stats import qmc
 
 Scale = Literal["log", "linear", "reverse_log", "discrete"]
@@ -159,8 +159,34 @@ class SearchSpace(BaseModel):
 
     @classmethod
     def from_mapping(cls, spec: dict[str, Any]) -> SearchSpace:
-        """Build a space from ``{name: {"scale": ..., "low": ..., "high": ...}}`` (as in TOML)."""
-        return cls(dimensions=tuple(Dimension(name=name, **body) for name, body in spec.items()))
+        """Build a space from ``{name: {"scale": ..., "low": ..., "high": ...}}`` (as in TOML).
+
+        Raises ``ValueError`` with one line that names the dimension at fault.
+        """
+        dimensions = []
+        for name, body in spec.items():
+            if not isinstance(body, dict):
+                raise ValueError(f"dimension '{name}' must be a table of {_DIMENSION_KEYS}")
+            try:
+                dimensions.append(Dimension(name=name, **body))
+            except ValidationError as error:
+                raise ValueError(_dimension_error(name, error)) from None
+        return cls(dimensions=tuple(dimensions))
+
+
+_DIMENSION_KEYS = ", ".join(key for key in Dimension.model_fields if key != "name")
+
+
+def _dimension_error(name: str, error: ValidationError) -> str:
+    """The first problem of dimension ``name``, in one line."""
+    detail = error.errors()[0]
+    key = ".".join(str(part) for part in detail["loc"])
+    if detail["type"] == "extra_forbidden":
+        return f"dimension '{name}' has an unknown key '{key}'; it takes {_DIMENSION_KEYS}"
+    message = detail["msg"].removeprefix("Value error, ")
+    if not key:
+        return message  # the range checks name the dimension themselves
+    return f"dimension '{name}': '{key}' {message[0].lower()}{message[1:]}"
 
 
 def loguniform(name: str, low: float, high: float) -> Dimension:

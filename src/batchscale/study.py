@@ -205,14 +205,15 @@ class Study:
             )
         except ValueError as error:
             raise ConfigError(f"search_space: {error}") from None
-        if "learning_rate" not in self.search_space.names:
-            raise ConfigError("search_space must have a 'learning_rate' dimension")
         for dimension in self.search_space.dimensions:
             if dimension.name not in METAPARAMETERS:
                 raise ConfigError(
                     f"search_space: unknown dimension '{dimension.name}'; the trials read "
                     f"{', '.join(METAPARAMETERS)}"
                 )
+        if "learning_rate" not in self.search_space.names:
+            raise ConfigError("search_space must have a 'learning_rate' dimension")
+        for dimension in self.search_space.dimensions:
             allowed, valid = METAPARAMETERS[dimension.name]
             if not all(valid(value) for value in dimension.extremes):
                 low, high = dimension.extremes

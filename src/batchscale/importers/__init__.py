@@ -8,6 +8,7 @@ from batchscale.importers.batch_science import (
     canonical_name,
     find_workloads,
     import_batch_science,
+    metric_range,
     paper_goal,
     resolve_workload,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "canonical_name",
     "find_workloads",
     "import_batch_science",
+    "metric_range",
     "paper_goal",
     "resolve_workload",
 ]

@@ -78,6 +78,19 @@ _MINIMIZED = ("error", "loss", "entropy", "perplexity")
 _MAXIMIZED = ("accuracy", "precision", "recall", "auc")
 
 
+def metric_range(name: str) -> tuple[float, float]:
+    """The values a metric can take, as far as its name tells: perplexities from 1 up, losses
+    and entropies from 0 up (the paper's ``cross_entropy_error`` among them), other errors
+    and the rates of ``_MAXIMIZED`` in [0, 1]; any other name, anything finite."""
+    if "perplexity" in name:
+        return 1.0, math.inf
+    if "loss" in name or "entropy" in name:
+        return 0.0, math.inf
+    if any(word in name for word in ("error", *_MAXIMIZED)):
+        return 0.0, 1.0
+    return -math.inf, math.inf
+
+
 class BatchScienceError(ConfigError):
     """Data that cannot be imported, or an import request that cannot be met (one line)."""
 
@@ -509,6 +522,11 @@ def _goal(
     elif default is not None:
         column = default.column
     same = default is not None and default.column == column
+    if column is not None and column not in columns:
+        found = ", ".join(c for c in columns if c.startswith("val/")) or "none"
+        raise BatchScienceError(
+            f"{column} is not a column of the imported measurements (val/ columns: {found})"
+        )
     if column is None or (target is None and not same):
         known = "; ".join(f"{name}: {goal.describe()}" for name, goal in PAPER_GOALS.items())
         raise BatchScienceError(
@@ -516,19 +534,20 @@ def _goal(
             + (f" with {column}" if column else "")
             + f"; pass --metric COLUMN and --target VALUE (the paper's goals: {known})"
         )
-    if column not in columns:
-        found = ", ".join(c for c in columns if c.startswith("val/")) or "none"
-        raise BatchScienceError(
-            f"{column} is not a column of the imported measurements (val/ columns: {found})"
-        )
     if target is None:
         assert default is not None
         target = default.target
+    name = column.removeprefix("val/")
+    low, high = metric_range(name)
+    if not (math.isfinite(target) and low <= target <= high):
+        raise BatchScienceError(
+            f"target {target:g} is outside the range of {name} [{low:g}, {high:g}]; "
+            "choose a --target inside it"
+        )
     if maximize is None and same:
         assert default is not None
         maximize = default.maximize
     if maximize is None:
-        name = column.removeprefix("val/")
         if any(word in name for word in _MINIMIZED):
             maximize = False
         elif any(word in name for word in _MAXIMIZED):
@@ -561,6 +580,8 @@ def _workload_dir(source: Path, workload: str | None) -> Path:
         )
     if not _holds_batch_sizes(directory):
         found = find_workloads(directory)
+        if len(found) == 1:
+            return resolve_workload(directory, found[0])
         if found:
             raise BatchScienceError(
                 f"{directory} holds {len(found)} workloads; pass --workload with one of: "
@@ -741,6 +762,11 @@ def import_batch_science(
         "target": goal_target,
         "metric": column.removeprefix("val/"),
         "maximize": goal_maximize,
+        # JSON has no infinity: an open end is null.
+        "metric_range": [
+            bound if math.isfinite(bound) else None
+            for bound in metric_range(column.removeprefix("val/"))
+        ],
         "seed": 0,
         "mode": "imported",
         "engine": "imported",
