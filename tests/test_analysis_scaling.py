@@ -221,3 +221,13 @@ def test_regimes_at_the_extremes() -> None:
 def test_regime_tolerances_are_checked() -> None:
     with pytest.raises(ValueError, match="tolerances"):
         regimes([8, 16], [2.0, 1.0], perfect_tolerance=0.6, flat_tolerance=0.5)
+
+
+def test_regimes_name_the_actual_step_between_batch_sizes() -> None:
+    # 64 -> 256 -> 1024 is quadrupling: the text must not call it doubling.
+    found = regimes([64, 256, 1024], [1000.0, 700.0, 600.0])
+    text = found.describe()
+    assert "from batch size 64 to 256, a 4-fold larger batch saves fewer steps" in text
+    assert "doubling" not in text
+    doubled = regimes([64, 128, 256], [1000.0, 700.0, 600.0]).describe()
+    assert "from batch size 64 to 128, doubling the batch size saves fewer steps" in doubled

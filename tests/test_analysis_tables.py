@@ -269,3 +269,28 @@ def test_a_neighbouring_goal_the_untrained_model_meets_gets_no_fit() -> None:
     assert easier.goal == pytest.approx(0.528) and easier.steps == (0.0, 0.0, 0.0, 0.0)
     assert easier.fit is None
     assert chosen.fit is not None and analysis.fit is not None
+
+
+def test_stopped_within_budget_marks_batch_sizes_whose_trials_stopped_inside_it() -> None:
+    from batchscale.analysis import stopped_within_budget
+
+    index = pd.MultiIndex.from_tuples(
+        [(16, 0), (16, 1), (64, 0), (64, 1), (256, 0)], names=["batch_size", "trial_id"]
+    )
+    trials = pd.DataFrame(
+        {
+            # 16: one trial stopped at the goal at 3,700 of 12,500 steps; 64: one diverged
+            # early (it could not improve) and one ran its budget; 256: pruned at step 90.
+            "status": ["COMPLETE", "PRUNED", "INFEASIBLE", "COMPLETE", "PRUNED"],
+            "steps": [3700, 3700, 20, 3000, 90],
+            "step_budget": [12500, 12500, 3000, 3000, 800],
+        },
+        index=index,
+    )
+    by_examples = stopped_within_budget(trials, max_examples=200_000)
+    assert by_examples.to_dict() == {16: True, 64: False, 256: True}
+    # Within 400 steps nothing had stopped at 16 yet; at 256 the pruned trial had.
+    by_steps = stopped_within_budget(trials, max_steps=400)
+    assert by_steps.to_dict() == {16: False, 64: False, 256: True}
+    # Without the columns (an imported study) nothing counts as stopped.
+    assert not stopped_within_budget(trials.drop(columns="steps")).any()

@@ -1,6 +1,7 @@
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -8,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from batchscale.cli import main
+from batchscale import Study, StudyConfig
+from batchscale.cli import _format_params, describe_fit, main
+from batchscale.study import Progress
+from batchscale.training.trial import TrialResult
 
 TINY = [
     "--workload", "nqm", "--optimizer", "momentum", "--batch-sizes", "4,16,64",
@@ -339,3 +343,207 @@ def test_goals_outside_the_metric_s_range_are_refused_by_show_and_report(
             == "error: goal -1.0 is outside the range of loss [0, inf]; choose a goal inside it"
         )
     assert not (tmp_path / "r").exists()
+
+
+def test_show_prints_the_curve_at_every_goal_asked_for(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run_cli(["show", str(tiny_store), "--goals", "1.2,0.8", "--json"], capsys)
+    assert code == 0
+    goals = {goal["goal"]: goal for goal in json.loads(out)["goals"]}
+    assert {1.2, 1.0, 0.8} <= goals.keys()
+    code, out, _ = run_cli(["show", str(tiny_store), "--goals", "1.2,0.8"], capsys)
+    assert code == 0
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if "│ < " in line}
+    for goal, entry in goals.items():
+        row = rows[f"< {goal:g}"]
+        assert f"{entry['reached']} of 3" in row
+        assert ("censored" in row) == entry["censored"]
+    assert "the study's goal" in rows["< 1"]
+
+
+def test_show_says_an_interrupted_study_is_incomplete(
+    tmp_path: Path, tiny_config: StudyConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class StopAfterFive(Progress):
+        done = 0
+
+        def trial_done(self, result: TrialResult) -> None:
+            self.done += 1
+            if self.done == 5:
+                raise KeyboardInterrupt
+
+    store = tmp_path / "s.sqlite"
+    with pytest.raises(KeyboardInterrupt):
+        Study(tiny_config, store).run(StopAfterFive())
+    code, out, _ = run_cli(["show", str(store)], capsys)
+    assert code == 0
+    assert (
+        "incomplete: 5 of 12 trials stored (4 per batch size planned; 16 has 1; 64 has none); "
+        "run the same command again to resume"
+    ) in out
+    code, out, _ = run_cli(["run", *TINY, "--store", str(store), "--no-report"], capsys)
+    assert code == 0
+    assert "incomplete" not in run_cli(["show", str(store)], capsys)[1]
+
+
+def test_a_report_folder_that_is_a_file_is_refused_before_training(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    store = tmp_path / "new.sqlite"
+    code, _, err = run_cli(
+        ["run", *TINY, "--store", str(store), "--report-dir", str(a_file)], capsys
+    )
+    assert code == 2
+    assert err == (
+        f"error: --report-dir {a_file} is a file, not a folder; give a folder (it is created "
+        "if missing)\n"
+    )
+    assert not store.exists()  # nothing trained, nothing stored
+    code, _, err = run_cli(["report", str(tiny_store), "--out", str(a_file / "r")], capsys)
+    assert code == 2 and err.startswith(f"error: --out {a_file / 'r'} cannot be created: {a_file}")
+    code, _, err = run_cli(["report", str(tiny_store), "--out", str(a_file)], capsys)
+    assert code == 2 and err.startswith(f"error: --out {a_file} is a file, not a folder")
+    assert a_file.read_text() == "x"
+
+
+def test_piped_output_is_not_wrapped_or_cut(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    shown = json.loads(run_cli(["show", str(tiny_store), "--json"], capsys)[1])
+    code, out, _ = run_cli(["show", str(tiny_store)], capsys)
+    assert code == 0
+    assert "…" not in out
+    for row in shown["batch_sizes"]:
+        if row["best_params"]:
+            assert _format_params(row["best_params"]) in out  # the whole cell on one line
+
+
+def test_a_folder_where_a_study_file_is_expected(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command, name in (
+        (["show", str(tmp_path)], str(tmp_path)),
+        (["run", *TINY, "--store", str(tmp_path)], f"--store {tmp_path}"),
+        (["replicate", str(tmp_path)], str(tmp_path)),
+    ):
+        code, _, err = run_cli(command, capsys)
+        assert code == 2, command
+        assert err == (
+            f"error: {name} is a folder, not a study file; pass a study file such as "
+            f"{tmp_path / 'study.sqlite'}\n"
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_noise_scale_at_a_batch_size_the_study_lacks(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(
+        ["noise-scale", "--study", str(tiny_store), "--batch-size", "128"], capsys
+    )
+    assert code == 2 and not out
+    assert err == (
+        f"error: batch size 128 is not in the study {tiny_store}; its batch sizes are "
+        "4, 16, 64: choose one of them\n"
+    )
+
+
+def test_fit_intervals_read_as_the_report_writes_them() -> None:
+    from batchscale.analysis.scaling import ScalingFit
+    from batchscale.report.html import format_interval, format_number
+
+    sizes = (16.0, 64.0, 512.0)
+    fit = ScalingFit(
+        s_min=120.0, b_crit=4.2, batch_sizes=sizes, steps=(150.0, 130.0, 122.0),
+        rms_log_residual=0.1, b_crit_at_bound=False, confidence=0.95,
+        interval_method="bootstrap over trials", s_min_interval=(100.0, 140.0),
+        b_crit_interval=(0.016, 331_700.0), e_min_interval=None,
+    )  # fmt: skip
+    # Searched in [0.016, 512,000]: the low end is at its edge, the high end is not.
+    line = describe_fit(fit)
+    # The report's own helpers (their digits may change; the CLI must follow them).
+    interval = format_interval(fit.b_crit_interval, fit.b_crit_bounds)
+    assert f"B_crit = {format_number(4.2)} {interval}," in line
+    assert "B_crit = 4.2 [unbounded, 33" in line and "e+" not in line
+    assert line.startswith("fit S(B) = S_min (1 + B_crit / B): S_min = 120 [100, 140], ")
+    assert line.endswith("E_min = 504 (no interval) (95% intervals, bootstrap over trials)")
+
+
+def test_show_s_fit_line_agrees_with_the_report(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchscale.analysis import analyze_store
+    from batchscale.report.html import format_number
+
+    fit = analyze_store(tiny_store).fit
+    assert fit is not None
+    out = run_cli(["show", str(tiny_store)], capsys)[1]
+    assert f"fit S(B) = S_min (1 + B_crit / B): S_min = {format_number(fit.s_min)}" in out
+    assert "(95% none)" not in out
+
+
+def test_fewer_trials_than_stored_is_said_once(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = [*TINY[: TINY.index("--trials")], "--trials", "2", *TINY[TINY.index("--target") :]]
+    code, out, err = run_cli(["run", *args, "--store", str(tiny_store), "--no-report"], capsys)
+    assert code == 0
+    notes = [line for line in out.splitlines() if line.startswith("note:")]
+    assert notes == [
+        f"note: {tiny_store} already holds up to 4 trials per batch size, more than the 2 "
+        "asked for; every stored trial is used"
+    ]
+    assert "error" not in err
+
+
+def test_resuming_without_batch_sizes_keeps_the_store_s(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    i = TINY.index("--batch-sizes")
+    args = [*TINY[:i], *TINY[i + 2 :]]
+    code, out, _ = run_cli(["run", *args, "--store", str(tiny_store), "--no-report"], capsys)
+    assert code == 0
+    assert f"note: resuming {tiny_store} at its batch sizes 4, 16, 64" in out
+    shown = json.loads(run_cli(["show", str(tiny_store), "--json"], capsys)[1])
+    assert [row["batch_size"] for row in shown["batch_sizes"]] == [4, 16, 64]
+    # A store of another study: its one-line error alone, no note about resuming it.
+    other = [a if a != "momentum" else "sgd" for a in args]
+    code, out, err = run_cli(["run", *other, "--store", str(tiny_store)], capsys)
+    assert code == 2 and "holds a different study" in err and "note" not in out
+
+
+def test_nqm_target_above_the_initial_loss_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["nqm", "--target", "100", "--out", str(tmp_path / "n")], capsys)
+    assert code == 2 and not out
+    assert err == (
+        "error: --target 100 is not below the initial expected loss 2.594 of the "
+        "100-dimension NQM, so it is reached before training; choose a target below it\n"
+    )
+    assert not (tmp_path / "n").exists()
+
+
+def test_replicating_a_custom_workload_points_to_python(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    connection = sqlite3.connect(tiny_store)
+    with connection:
+        (config,) = connection.execute("SELECT value FROM meta WHERE key = 'config'").fetchone()
+        custom = json.dumps({**json.loads(config), "workload": "my-mlp"})
+        connection.execute("UPDATE meta SET value = ? WHERE key = 'config'", (custom,))
+        connection.execute("UPDATE meta SET value = '\"my-mlp\"' WHERE key = 'workload'")
+    connection.close()
+    before = tiny_store.read_bytes()
+    code, _, err = run_cli(["replicate", str(tiny_store), "--seeds", "2"], capsys)
+    assert code == 2
+    assert err == (
+        f"error: unknown workload 'my-mlp' in {tiny_store}: a custom workload cannot be rebuilt "
+        "from the command line; run it from Python with the same CustomWorkload: "
+        f"Study.from_store('{tiny_store}', workload=my_workload).replicate(2)\n"
+    )
+    assert tiny_store.read_bytes() == before

@@ -289,6 +289,9 @@ def test_show_and_analysis_read_an_import(
     assert not store.with_name("mnist.sqlite-wal").exists()
     # INCOMPLETE trial 3 (its rows not imported) is counted as such, not as missing the goal.
     assert analysis.outcomes[(16, 3)] == "incomplete"
+    # The range the import stored keeps show's goals inside it.
+    assert main(["show", str(store), "--goals", "1.5"]) == 2
+    assert "outside the range of classification_error [0, 1]" in capsys.readouterr().err
     page = write_report(store, tmp_path / "report", bootstrap_samples=0).read_text()
     assert "reached / missed / diverged / pruned / incomplete" in page
     assert "train time" not in page  # the release has no times

@@ -269,7 +269,11 @@ def test_figure_of_predicted_curves(tmp_path: Path) -> None:
     ]
     figure = nqm_figure(predictions, measured={1: 200.0, 8: 30.0})
     axes = figure.axes[0]
-    assert len(axes.get_lines()) == 5  # two curves, two perfect-scaling guides, measured points
+    drawn = [line for line in axes.get_lines() if len(line.get_xdata())]
+    assert len(drawn) == 5  # two curves, two perfect-scaling guides, measured points
+    # One legend entry stands for both dotted guides.
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert sum("perfect scaling" in label for label in labels) == 1
     figure.savefig(tmp_path / "nqm.png")
     assert (tmp_path / "nqm.png").stat().st_size > 0
 

@@ -238,7 +238,8 @@ def test_trial_outcomes_for_plain_sgd(synthetic_store: Path) -> None:
         figure = figures.trial_outcomes_figure(
             analysis, trials.drop(columns=["momentum"]), None, best
         )
-    assert figure.axes[0].get_ylabel() == "Best validation metric"
+    # The metric's own name, not a generic "metric".
+    assert figure.axes[0].get_ylabel() == "Best validation\nclassification error"
     assert_readable(figure)
 
 
@@ -348,7 +349,7 @@ def test_normalised_comparison_draws_perfect_scaling_from_each_curve_s_start() -
     figures.plot_comparison(ax, curves, normalise=True)
     lines = ax.get_lines()
     data = {line.get_label(): line for line in lines if line.get_marker() not in ("None", "")}
-    references = [line for line in lines if line.get_linestyle() == "--"]
+    references = [line for line in lines if line.get_linestyle() == "--" and len(line.get_xdata())]
     assert len(references) == 2
     for label, reference in zip(("a", "b"), references, strict=True):
         sizes, shown = data[label].get_data()
@@ -357,16 +358,23 @@ def test_normalised_comparison_draws_perfect_scaling_from_each_curve_s_start() -
         # a perfectly scaling curve lies on its own reference line
         np.testing.assert_allclose(shown, sizes[0] / np.asarray(sizes, dtype=float))
         assert reference.get_color() == data[label].get_color()
-    legend = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert legend.count("perfect scaling") == 1 and "c (goal not reached)" in legend
+    legend = ax.get_legend()
+    texts = [text.get_text() for text in legend.get_texts()]
+    # One entry, in a neutral colour, stands for every curve's own reference line.
+    assert texts.count(figures.PERFECT_SCALING_EACH) == 1 and "c (goal not reached)" in texts
+    [entry] = [
+        h for h, t in zip(legend.legend_handles, texts, strict=True) if t.startswith("perfect")
+    ]
+    assert entry.get_color() == figures.REFERENCE_COLOR
 
 
 def test_table_numbers_never_round_onto_a_whole_number() -> None:
-    from batchscale.report.html import _number
+    from batchscale.report.html import format_number
 
-    assert _number(0.9996) == "0.9996"  # a momentum, not 1
-    assert _number(0.123456) == "0.123" and _number(1500.3) == "1,500" and _number(3.0) == "3"
-    assert _number(None) == "-"
+    assert format_number(0.9996) == "0.9996"  # a momentum, not 1
+    assert format_number(0.123456) == "0.123" and format_number(1500.3) == "1,500"
+    assert format_number(3.0) == "3"
+    assert format_number(None) == "-"
 
 
 def test_plain_sgd_outcomes_use_a_log_axis_only_for_a_metric_spread_over_decades(
@@ -439,3 +447,232 @@ def test_legends_below_narrow_figures_wrap_rather_than_run_off_the_edge(
         panel = figures.metaparameters_figure(sgd)
         FigureCanvasAgg(panel).draw()
         assert_readable(panel)
+
+
+def _hand_made_study(stopped: bool) -> tuple[object, pd.DataFrame]:
+    """Two batch sizes, one trial each; at 16 the trial stops at the goal 0.27 long before
+    its 1,000-step budget (when ``stopped``), at 64 it runs its budget without reaching it."""
+    from batchscale.analysis import analyze
+
+    rows = [(16, 0, s, e) for s, e in ((0, 0.9), (100, 0.5), (300, 0.26))]
+    rows += [(64, 0, s, e) for s, e in ((0, 0.9), (100, 0.6), (250, 0.4))]
+    measurements = pd.DataFrame(
+        rows, columns=["batch_size", "trial_id", "step", "val/error"]
+    ).set_index(["batch_size", "trial_id", "step"])
+    trials = pd.DataFrame(
+        {
+            "status": ["COMPLETE", "COMPLETE"],
+            "steps": [300 if stopped else 1000, 250],
+            "step_budget": [1000, 250],
+        },
+        index=pd.MultiIndex.from_tuples([(16, 0), (64, 0)], names=["batch_size", "trial_id"]),
+    )
+    return analyze(measurements, trials, "val/error", 0.3, bootstrap_samples=0), trials
+
+
+def test_budgets_figure_marks_values_cut_short_by_stopping_as_bounds() -> None:
+    analysis, trials = _hand_made_study(stopped=True)
+    with figures.paper_style():
+        figure = figures.budgets_figure(analysis, trials, stop_goal=0.27)  # type: ignore[arg-type]
+    left = figure.axes[0]
+    lines = {line.get_label(): line for line in left.get_lines()}
+    # B=16 stopped at the goal inside the example budget: drawn hollow, as a bound.
+    hollow = lines["bound: a trial stopped within the budget"]
+    assert (
+        np.asarray(hollow.get_xdata()).tolist() == [16.0]
+        and hollow.get_markerfacecolor() == "white"
+    )
+    assert np.asarray(lines["best trial"].get_xdata()).tolist() == [64.0]
+    # Both the study's goal and the goal trials actually stopped at are drawn.
+    assert np.asarray(lines["goal < 0.3"].get_ydata()).tolist() == [0.3, 0.3]
+    assert np.asarray(lines["trials stopped at < 0.27"].get_ydata()).tolist() == [0.27, 0.27]
+    assert_readable(figure)
+    # Trials that ran their budget: nothing is a bound.
+    analysis, trials = _hand_made_study(stopped=False)
+    figure = figures.budgets_figure(analysis, trials)  # type: ignore[arg-type]
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert "bound: a trial stopped within the budget" not in labels
+
+
+def _variant(tmp_path: Path, name: str, **meta: object) -> Path:
+    store = build_synthetic_store(tmp_path / f"{name}.sqlite", batch_sizes=(8, 64), trials=4)
+    opened = StudyStore.open(store)
+    for key, value in meta.items():
+        opened.set_metadata(key, value)
+    opened.close()
+    return store
+
+
+def test_captions_say_which_goal_trials_stopped_at(tmp_path: Path) -> None:
+    # Trials of a raced study run on to the hardest goal, 0.09, past the study's 0.1.
+    store = _variant(tmp_path, "race", stop_target=0.09, goals=[0.11, 0.1, 0.09])
+    text = write_report(store, tmp_path / "race", bootstrap_samples=0).read_text()
+    assert "hardest of the study&#x27;s goals, val/classification_error &lt; 0.09" in text
+    assert "Trials stop once they reach the goal." not in text
+    assert "Racing also stopped (pruned)" in text and "Hollow markers" in text
+    # An epoch-budget study never stops at the goal, and 1 epoch is singular.
+    store = _variant(
+        tmp_path,
+        "epoch",
+        stop_target=None,
+        mode="full",
+        budget={"epochs": 1, "train_examples": 5000},
+    )
+    text = write_report(store, tmp_path / "epoch", bootstrap_samples=0).read_text()
+    assert "for 1 epoch (5,000 examples)" in text and "1 epochs" not in text
+    assert "Trials ran their whole epoch budget; none stopped at the goal." in text
+    assert "stop once they reach" not in text
+
+
+def test_an_unreached_goal_is_drawn_at_the_step_budget_not_as_a_count(tmp_path: Path) -> None:
+    store = _variant(tmp_path, "hard", target=0.001)
+    analysis = analyze_store(store, bootstrap_samples=0)
+    opened = StudyStore.open(store, read_only=True)
+    measurements = opened.measurements()
+    opened.close()
+    with figures.paper_style():
+        figure = figures.steps_figure(analysis, step_budgets=pd.Series({8: 3000.0, 64: 3000.0}))
+        ax = figure.axes[0]
+        [marker] = [line for line in ax.get_lines() if str(line.get_label()).startswith("goal not")]
+        assert marker.get_label() == "goal not reached within 3,000 steps"
+        assert np.asarray(marker.get_ydata()).tolist() == [3000.0, 3000.0]
+        assert ax.get_ylim()[0] < 3000.0 < ax.get_ylim()[1]
+        # No budgets known: the markers sit at the top, and the axis carries no numbers.
+        bare_figure = figures.steps_figure(analysis)
+        FigureCanvasAgg(bare_figure).draw()
+        bare = bare_figure.axes[0]
+        assert not any(label.get_text() for label in bare.get_yticklabels())
+        curves = figures.validation_curves_figure(analysis, measurements)
+    [ax] = curves.axes
+    assert not ax.axison and "No trial reached the goal" in ax.texts[0].get_text()
+    text = write_report(store, tmp_path / "out", bootstrap_samples=0).read_text()
+    assert "so there is no winner whose curve could be shown" in text
+
+
+def test_noise_scale_figure_is_labelled_and_keeps_its_legend_off_the_data() -> None:
+    from batchscale.report import extras
+
+    analysis, _ = _hand_made_study(stopped=True)
+    meta = {
+        "noise_scale": {
+            str(b): {
+                "b_simple": value,
+                "points": [{"step": s, "b_simple": value * f} for s, f in ((1, 1.2), (50, 0.9))],
+            }
+            for b, value in ((64, 268.0), (256, 254.0), (1024, 121.0))
+        }
+    }
+    with figures.paper_style():
+        figure = extras.noise_scale_figure(analysis, meta)  # type: ignore[arg-type]
+        assert figure is not None
+        FigureCanvasAgg(figure).draw()
+        assert_readable(figure)
+    right = figure.axes[1]
+    assert "B_simple" in right.get_ylabel() and "examples" in right.get_ylabel()
+    labels = [t.get_text() for t in right.get_yticklabels(which="both") if t.get_text()]
+    assert labels and not any("times" in label for label in labels)
+
+
+def test_numbers_compared_with_a_goal_never_print_as_the_goal() -> None:
+    from batchscale.report.html import _column, format_number
+
+    assert format_number(0.29975, distinct_from=[0.3]) not in ("0.3", "0.300")
+    assert float(format_number(0.29975, distinct_from=[0.3])) < 0.3
+    # One precision per column: 15.0 beside 12.0 and 2.08, not 15.004 beside 11.98.
+    assert _column([15.004, 11.98, 2.08]) == ["15.0", "12.0", "2.08"]
+    # A column grows its digits together where one value would read as the goal.
+    assert _column([0.29975, 0.2812], distinct_from=[0.3]) == ["0.2998", "0.2812"]
+    assert _column([0.9996, 0.9]) == ["0.9996", "0.9000"]
+    assert _column([None, 3.0, 1500.3]) == ["-", "3", "1,500"]
+
+
+def test_summary_table_fits_the_page(synthetic_report: Path) -> None:
+    page = synthetic_report.read_text(encoding="utf-8")
+    # Compact type, and the regime wraps instead of widening the table.
+    assert '<table class="compact">' in page
+    assert '<td class="text">perfect scaling</td>' in page
+    assert "table.compact" in page
+
+
+def test_trial_outcome_panels_above_empty_ones_show_their_ticks(
+    synthetic_store: Path,
+) -> None:
+    analysis = analyze_store(synthetic_store, bootstrap_samples=0)
+    opened = StudyStore.open(synthetic_store, read_only=True)
+    trials, space = opened.trials(), store_search_space(opened)
+    opened.close()
+    with figures.paper_style():
+        figure = figures.trial_outcomes_figure(analysis, trials, space)
+        FigureCanvasAgg(figure).draw()
+    grid = [ax for ax in figure.axes if ax.get_visible()]
+    # Ten batch sizes in rows of five: every panel of the bottom row has data. Drop two.
+    assert len(grid) == 10
+    subset = trials.drop(index=[2048, 4096], level="batch_size")
+    from batchscale.analysis import analyze
+
+    opened = StudyStore.open(synthetic_store, read_only=True)
+    measurements = opened.measurements().drop(index=[2048, 4096], level="batch_size")
+    opened.close()
+    eight = analyze(measurements, subset, "val/classification_error", 0.1, bootstrap_samples=0)
+    with figures.paper_style():
+        figure = figures.trial_outcomes_figure(eight, subset, space)
+        FigureCanvasAgg(figure).draw()
+    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_visible()}
+    for title in ("B = 256", "B = 512", "B = 8192"):
+        if title in panels:
+            ax = panels[title]
+            assert any(t.get_text() for t in ax.get_xticklabels()), title
+            assert ax.get_xlabel() == "Learning rate"
+
+
+def test_a_log_value_axis_labels_a_tick_below_its_lowest_point() -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    figures.plot_winner_metaparameter(
+        ax, [16, 64, 256, 1024], [0.5, 0.2, 0.03, 0.027], ylabel="1 − momentum", references=False
+    )
+    FigureCanvasAgg(figure).draw()
+    bottom, top = ax.get_ylim()
+    labelled = [
+        tick.get_loc()
+        for tick in [*ax.yaxis.get_major_ticks(), *ax.yaxis.get_minor_ticks()]
+        if tick.label1.get_text() and bottom <= tick.get_loc() <= top
+    ]
+    assert min(labelled) <= 0.027 and max(labelled) >= 0.5
+
+
+def test_nqm_legend_names_the_perfect_scaling_lines() -> None:
+    from batchscale.analysis.nqm import NQMPoint, NQMPrediction
+    from batchscale.report.nqm_figures import nqm_figure
+
+    points = tuple(NQMPoint(b, 6400 // b, 0.1, 0.9, 0.5) for b in (4, 16, 64))
+    figure = nqm_figure([NQMPrediction("sgd", 100, 1.0, 0.5, points)])
+    legend = figure.axes[0].get_legend()
+    assert legend is not None
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert any(text.startswith("perfect scaling (dotted") for text in texts)
+
+
+def test_comparison_caption_says_curves_start_at_their_own_batch_size(
+    synthetic_store: Path, tmp_path: Path
+) -> None:
+    # The synthetic study starts at batch size 8, the other at 32.
+    later = build_synthetic_store(tmp_path / "later.sqlite", batch_sizes=(32, 128), trials=4)
+    page = write_comparison([synthetic_store, later], tmp_path, bootstrap_samples=0)
+    text = page.read_text(encoding="utf-8")
+    assert "smallest reached batch sizes differ (8, 32)" in text
+    assert "normalised to its own smallest batch size" in text
+    same = write_comparison([synthetic_store, synthetic_store], tmp_path / "same")
+    assert "normalised to its own" not in same.read_text(encoding="utf-8")
+
+
+def test_goals_table_marks_a_fit_through_two_batch_sizes(
+    tmp_path: Path, synthetic_report: Path
+) -> None:
+    store = build_synthetic_store(tmp_path / "two.sqlite", batch_sizes=(8, 64))
+    text = write_report(store, tmp_path / "two-report", bootstrap_samples=0).read_text()
+    # Two parameters through two points: marked, and the caption says why.
+    assert "(2 points: exact fit)" in text
+    assert "says nothing of the fit's quality" in text
+    # With ten batch sizes no goal's fit is exact.
+    assert "exact fit" not in synthetic_report.read_text(encoding="utf-8")

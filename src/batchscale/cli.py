@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -22,7 +24,9 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from batchscale.config import ConfigError, build_config, parse_batch_sizes
+from batchscale.analysis.analyze import StudyAnalysis
+from batchscale.analysis.scaling import ScalingFit
+from batchscale.config import ConfigError, StudyConfig, build_config, parse_batch_sizes
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
 from batchscale.training.trial import TrialResult
@@ -42,6 +46,9 @@ app = typer.Typer(
 )
 console = Console()
 DEFAULT_STORE = Path("studies/default.sqlite")
+# Output that is not a terminal (a log file, a pipe) is read later or by programs: rich would
+# otherwise wrap it to 80 columns and cut table cells short ("metapara…").
+PIPED_WIDTH = 10_000
 
 
 class UserError(Exception):
@@ -267,20 +274,98 @@ def run(
         executor=executor,
         ray_address=ray_address,
     )
+    check_store_path(store, "--store")
+    # Before any training: a report folder that cannot be written would fail only at the end.
+    if report:
+        check_output_dir(
+            report_dir or default_report_dir(store),
+            "--report-dir" if report_dir else None,
+            None if report_dir else "pass --report-dir DIR or --no-report",
+        )
+    settings, notes = resume_settings(settings, store)
     study = Study(settings, store)
+    if notes:
+        # Only once the store is known to hold this very study (else its one-line error).
+        study.open_store().close()
+        for note in notes:
+            console.print(note, highlight=False)
     progress = BarProgress()
     try:
         summary = study.run(progress)
     finally:
         progress.stop()
     print_summary(summary, console)
-    print_analysis(store, None)
+    print_analysis(analyze(store, None))
     console.print(f"study stored in {store}")
     if report:
         from batchscale.report import write_report
 
         page = write_report(store, report_dir or default_report_dir(store))
         console.print(f"report written to {page}")
+
+
+def resume_settings(settings: StudyConfig, store: Path) -> tuple[StudyConfig, list[str]]:
+    """``settings`` for resuming ``store`` (its batch sizes unless they were given), and notes
+    that say so or that it already holds more trials per batch size than asked for."""
+    notes: list[str] = []
+    if not store.is_file():
+        return settings, notes
+    opened = StudyStore.open(store, read_only=True)
+    try:
+        planned = [int(b) for b in opened.metadata.get("batch_sizes", [])]
+        counts: dict[int, int] = {}
+        for batch_size, _ in opened.finished_trials():
+            counts[batch_size] = counts.get(batch_size, 0) + 1
+    finally:
+        opened.close()
+    # Re-running to resume must not quietly train the default batch sizes the store lacks;
+    # batch sizes are not part of the study's identity, so this changes nothing else.
+    if "batch_sizes" not in settings.model_fields_set and planned:
+        settings = settings.model_copy(update={"batch_sizes": tuple(sorted(planned))})
+        notes.append(
+            f"note: resuming {store} at its batch sizes {_join(planned)} "
+            "(give --batch-sizes to add others)"
+        )
+    most = max((counts.get(b, 0) for b in settings.batch_sizes), default=0)
+    if most > settings.trials:
+        notes.append(
+            f"note: {store} already holds up to {most} trials per batch size, more than the "
+            f"{settings.trials} asked for; every stored trial is used"
+        )
+    return settings, notes
+
+
+def _join(numbers: list[int] | tuple[int, ...]) -> str:
+    return ", ".join(str(number) for number in numbers)
+
+
+def check_store_path(store: Path, flag: str | None = None) -> None:
+    """Refuse a folder where a study file is expected, with the study files it holds."""
+    if not store.is_dir():
+        return
+    name = f"{flag} {store}" if flag else str(store)
+    inside = sorted(path.name for path in store.glob("*.sqlite"))
+    example = store / (inside[0] if inside else "study.sqlite")
+    raise UserError(f"{name} is a folder, not a study file; pass a study file such as {example}")
+
+
+def check_output_dir(path: Path, flag: str | None, fix: str | None = None) -> None:
+    """Refuse an output folder that is a file or cannot be created, before any work.
+
+    ``flag`` names the option that gave ``path``; ``None`` for a default folder, which
+    ``fix`` then says how to avoid.
+    """
+    name = f"{flag} {path}" if flag else f"the report folder {path} (beside the store)"
+    fix = fix or "give a folder (it is created if missing)"
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{name} is a file, not a folder; {fix}")
+    # The nearest part of the path that exists must be a folder that can be written.
+    existing = next(parent for parent in path.parents if parent.exists())
+    if not existing.is_dir():
+        raise UserError(f"{name} cannot be created: {existing} is a file; {fix}")
+    writable = path if path.is_dir() else existing
+    if not os.access(writable, os.W_OK):
+        raise UserError(f"{name} cannot be written: {writable} is read-only; {fix}")
 
 
 def default_report_dir(store: Path) -> Path:
@@ -302,34 +387,143 @@ def parse_goals(text: str | None) -> list[float] | None:
 
 
 def check_goals(meta: dict[str, Any], goals: list[float] | None) -> None:
-    """Refuse goals outside a stored study's metric range (``meta``), where its workload is
-    known."""
+    """Refuse goals outside a stored study's metric range (``meta``): a built-in workload's, or
+    the range an import stored."""
     if not goals:
         return
     try:
         metric = get_workload(meta["workload"]).metric
+        low, high = metric.low, metric.high
     except ValueError:
-        return  # imported, or a user's own workload: the range is not recorded
+        if "metric_range" not in meta:
+            return  # a user's own workload: its range is not recorded
+        stored_low, stored_high = meta["metric_range"]
+        low = -math.inf if stored_low is None else stored_low
+        high = math.inf if stored_high is None else stored_high
     for goal in goals:
-        try:
-            metric.check_target(goal, "goal")
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        if not (math.isfinite(goal) and low <= goal <= high):
+            raise UserError(
+                f"goal {goal} is outside the range of {meta['metric']} [{low:g}, {high:g}]; "
+                "choose a goal inside it"
+            )
 
 
-def print_analysis(store: Path, goals: list[float] | None) -> None:
-    """The fit, the regimes and every design warning of a stored study."""
+def analyze(store: Path, goals: list[float] | None) -> StudyAnalysis | None:
+    """The stored study's analysis, as ``show --json`` and the report compute it (the same
+    bootstrap, so the same intervals); ``None`` while nothing is measured."""
     from batchscale.analysis import analyze_store
 
     try:
-        analysis = analyze_store(store, goals, bootstrap_samples=200)
+        return analyze_store(store, goals)
     except ValueError:
-        return  # nothing measured yet: the summary table already says so
+        return None  # nothing measured yet: the summary table already says so
+
+
+def print_analysis(analysis: StudyAnalysis | None) -> None:
+    """The fit, the regimes, the curve at every goal and every design warning."""
+    if analysis is None:
+        return
     if analysis.fit is not None:
-        console.print(analysis.fit.describe())
+        console.print(describe_fit(analysis.fit), highlight=False)
     console.print(analysis.regimes.describe())
+    print_goals(analysis, console)
     for warning in analysis.warnings:
         console.print(f"warning: {warning.message}", style="yellow", highlight=False)
+
+
+def describe_fit(fit: ScalingFit) -> str:
+    """One line: S_min, B_crit and E_min with their intervals, written as the report writes
+    them (its helpers): an end of B_crit's interval at the edge of the range B_crit is searched
+    in reads ``unbounded``."""
+    from batchscale.report.html import format_interval, format_number
+
+    def quantity(
+        name: str,
+        value: float,
+        interval: tuple[float, float] | None,
+        bounds: tuple[float, float] | None = None,
+    ) -> str:
+        if interval is None:
+            # Where the other quantities have one, say so, as the report's "no interval".
+            return f"{name} = {format_number(value)}" + (
+                " (no interval)" if fit.interval_method != "none" else ""
+            )
+        return f"{name} = {format_number(value)} {format_interval(interval, bounds)}"
+
+    parts = [
+        quantity("S_min", fit.s_min, fit.s_min_interval),
+        quantity("B_crit", fit.b_crit, fit.b_crit_interval, fit.b_crit_bounds),
+        quantity("E_min", fit.e_min, fit.e_min_interval),
+    ]
+    if fit.interval_method == "none":
+        how = (
+            "no intervals: two batch sizes fit exactly, or B_crit sits at the edge of the range "
+            "it was searched in"
+        )
+    else:
+        how = f"{round(fit.confidence * 100)}% intervals, {fit.interval_method}"
+    return f"fit S(B) = S_min (1 + B_crit / B): {', '.join(parts)} ({how})"
+
+
+def print_goals(analysis: StudyAnalysis, out: Console) -> None:
+    """The curve recomputed at every goal (what ``show --json`` lists as ``goals``)."""
+    from batchscale.report.html import format_number
+
+    sign = ">" if analysis.maximize else "<"
+    table = Table(title="steps to result at each goal, from the same trials")
+    for column in ("goal", "batch sizes reaching it", "S_min", "B_crit", "note"):
+        table.add_column(column, justify="left" if column in ("goal", "note") else "right")
+    for curve in analysis.goal_curves:
+        reaching = [
+            int(b) for b, s in zip(curve.batch_sizes, curve.steps, strict=True) if math.isfinite(s)
+        ]
+        if curve.chosen:
+            note = "the study's goal"
+        elif curve.censored:
+            note = "censored: not measurable, trials stop at the study's goal"
+        elif curve.fit is None:
+            note = "no fit: reached at fewer than two batch sizes"
+        else:
+            note = ""
+        table.add_row(
+            f"{sign} {curve.goal:g}",
+            f"{curve.reached} of {len(curve.batch_sizes)}"
+            + (f" ({_join(reaching)})" if reaching and not curve.censored else ""),
+            "-" if curve.fit is None else format_number(curve.fit.s_min),
+            # No interval: the JSON and the report give none per goal (least squares only).
+            "-" if curve.fit is None else format_number(curve.fit.b_crit),
+            note,
+        )
+    out.print(table)
+
+
+def incomplete_note(meta: dict[str, Any], summary: StudySummary) -> str | None:
+    """A line naming the batch sizes with fewer trials than the last ``run`` planned (it was
+    interrupted), or ``None`` for a finished study or one without stored settings."""
+    config = meta.get("config")
+    if not config:
+        return None  # an imported study: nothing was planned here
+    planned = int(config.get("trials", 0))
+    stored = {row.batch_size: row.trials for row in summary.batch_sizes}
+    short = {
+        int(b): min(stored.get(int(b), 0), planned)
+        for b in config.get("batch_sizes", [])
+        if stored.get(int(b), 0) < planned
+    }
+    if not short:
+        return None
+    total = planned * len(config["batch_sizes"])
+    done = sum(min(stored.get(int(b), 0), planned) for b in config["batch_sizes"])
+    none = [b for b, count in short.items() if count == 0]
+    few = [f"{b} has {count}" for b, count in short.items() if count]
+    details = [
+        *few,
+        *([f"{_join(none)} {'have' if len(none) > 1 else 'has'} none"] if none else []),
+    ]
+    return (
+        f"incomplete: {done} of {total} trials stored ({planned} per batch size planned; "
+        f"{'; '.join(details)}); run the same command again to resume"
+    )
 
 
 @app.command()
@@ -343,23 +537,29 @@ def show(
 ) -> None:
     """Print a stored study's steps to result per batch size, its fit and its warnings."""
     goal_list = parse_goals(goals)
+    check_store_path(store)
     opened = StudyStore.open(store, read_only=True)
     try:
         check_goals(opened.metadata, goal_list)
         summary = summarize(opened, opened.metadata["metric"])
+        meta = opened.metadata
     finally:
         opened.close()
+    # One analysis for both forms, so the table and the JSON cannot disagree.
+    analysis = analyze(store, goal_list)
     if as_json:
-        from batchscale.analysis import fit_and_warnings
-
-        try:
-            extra = fit_and_warnings(store, goal_list)
-        except ValueError:
-            extra = {"fit": None, "regimes": None, "goals": [], "warnings": []}
+        extra = (
+            analysis.json_summary()
+            if analysis is not None
+            else {"fit": None, "regimes": None, "goals": [], "warnings": []}
+        )
         typer.echo(json.dumps({**summary.as_dict(), **extra}, indent=2))
     else:
         print_summary(summary, console)
-        print_analysis(store, goal_list)
+        note = incomplete_note(meta, summary)
+        if note:
+            console.print(note, style="yellow", highlight=False)
+        print_analysis(analysis)
 
 
 @app.command("report")
@@ -385,9 +585,15 @@ def report_command(
     from batchscale.report import write_report
 
     goal_list = parse_goals(goals)
+    check_store_path(store)
     opened = StudyStore.open(store, read_only=True)
     opened.close()
     check_goals(opened.metadata, goal_list)
+    check_output_dir(
+        out or default_report_dir(store),
+        "--out" if out else None,
+        None if out else "pass --out DIR",
+    )
     try:
         page = write_report(
             store,
@@ -417,7 +623,9 @@ def compare(
     if label_list is not None and len(label_list) != len(stores):
         raise UserError(f"--labels names {len(label_list)} studies but {len(stores)} were given")
     for path in stores:
+        check_store_path(path)
         StudyStore.open(path, read_only=True).close()
+    check_output_dir(out, "--out")
     try:
         page = write_comparison(stores, out, label_list)
     except ValueError as error:
@@ -543,7 +751,14 @@ def replicate(
     ] = True,
 ) -> None:
     """Re-run every winner with new seeds: the spread of steps to result (winner's curse)."""
-    study = Study.from_store(store)
+    check_store_path(store)
+    if report:
+        check_output_dir(default_report_dir(store), None, "move it away or pass --no-report")
+    try:
+        study = Study.from_store(store)
+    except ConfigError as error:
+        python = f"Study.from_store('{store}', workload=my_workload).replicate({seeds})"
+        raise UserError(_custom_workload_hint(str(error), store, python)) from None
     progress = BarProgress()
     try:
         study.replicate(seeds, progress)
@@ -577,10 +792,20 @@ def nqm(
     ] = None,
 ) -> None:
     """Predict steps to result on the noisy quadratic model, in closed form."""
-    from batchscale.analysis.nqm import predicted_curve
+    from batchscale.analysis.nqm import NoisyQuadratic, predicted_curve
 
     if optimizer not in ("sgd", "momentum"):
         raise UserError(f"unknown optimizer '{optimizer}' for the NQM; known: sgd, momentum")
+    try:
+        initial = NoisyQuadratic(dims, gamma).initial_loss
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    # At or above the loss at step 0 the answer is "0 steps at any learning rate": meaningless.
+    if target >= initial:
+        raise UserError(
+            f"--target {target:g} is not below the initial expected loss {initial:.4g} of the "
+            f"{dims}-dimension NQM, so it is reached before training; choose a target below it"
+        )
     try:
         sizes = list(parse_batch_sizes(batch_sizes))
     except ValueError as error:
@@ -665,10 +890,25 @@ def noise_scale(
     if study is not None:
         if batch_size is None:
             raise UserError("--study needs --batch-size: whose winner to follow")
+        check_store_path(study, "--study")
+        opened = StudyStore.open(study, read_only=True)
+        try:
+            measured = sorted({b for b, _ in opened.finished_trials()})
+        finally:
+            opened.close()
+        if batch_size not in measured:
+            raise UserError(
+                f"batch size {batch_size} is not in the study {study}; its batch sizes are "
+                f"{_join(measured) or 'none yet'}: choose one of them"
+            )
         try:
             trace = noise_scale_of_winner(study, batch_size, method=method, device=device)
         except ValueError as error:
-            raise UserError(str(error)) from None
+            python = (
+                "batchscale.study.noise_scale_of_winner("
+                f"'{study}', {batch_size}, workload=my_workload)"
+            )
+            raise UserError(_custom_workload_hint(str(error), study, python)) from None
     else:
         settings = build_config(config, workload=workload, optimizer=optimizer, device=device)
         try:
@@ -720,9 +960,24 @@ def noise_scale(
         console.print(trace.note)
 
 
+def _custom_workload_hint(message: str, store: Path, python: str) -> str:
+    """``message``, plus how to reach a user's own workload, which only Python can build."""
+    if not message.startswith("unknown workload"):
+        return message
+    return (
+        f"{message.split(';')[0]} in {store}: a custom workload cannot be rebuilt from the "
+        f"command line; run it from Python with the same CustomWorkload: {python}"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for any mistake in the input."""
+    global console
     command = typer.main.get_command(app)
+    # Decided per call, not at import: the same process may print to a terminal and a pipe.
+    # An explicit COLUMNS still wins, as rich reads it.
+    piped = not console.is_terminal and "COLUMNS" not in os.environ
+    console = Console(width=PIPED_WIDTH if piped else None)
     interrupted = (
         "error: interrupted; finished trials are stored, run the same command again to resume"
     )

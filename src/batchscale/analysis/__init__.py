@@ -17,6 +17,8 @@ from batchscale.analysis.budgets import (
     best_metric_under_step_budget,
     common_example_budget,
     common_step_budget,
+    step_budgets,
+    stopped_within_budget,
 )
 from batchscale.analysis.checks import (
     DesignWarning,
@@ -99,8 +101,10 @@ __all__ = [
     "neighbouring_goals",
     "reached_goal",
     "regimes",
+    "step_budgets",
     "steps_at_goals",
     "steps_to_result",
+    "stopped_within_budget",
     "stops_at_goal",
     "store_search_space",
     "trial_outcomes",

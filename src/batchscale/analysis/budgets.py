@@ -80,3 +80,45 @@ def common_example_budget(measurements: pd.DataFrame, step_budgets: pd.Series | 
     """The largest example budget every batch size had (its step budget times batch size)."""
     last = _last_steps(measurements, step_budgets)
     return int((last * last.index.to_numpy()).min())
+
+
+def step_budgets(measurements: pd.DataFrame, trial_budgets: pd.Series | None = None) -> pd.Series:
+    """Each batch size's step budget (its largest trial budget), indexed by batch size.
+
+    ``trial_budgets`` is a trials table's ``step_budget`` column; where it is missing or 0
+    (unknown), the last measured step stands in (see ``common_step_budget``).
+    """
+    return _last_steps(measurements, trial_budgets).astype(float)
+
+
+def stopped_within_budget(
+    trials: pd.DataFrame, *, max_steps: int | None = None, max_examples: int | None = None
+) -> pd.Series:
+    """Per batch size, whether some trial stopped early inside the budget's window.
+
+    A trial stopped early when it ended before its own step budget without diverging: it
+    reached the goal it stopped at, or racing pruned it. Where that happened before
+    ``max_steps`` (or before ``max_examples`` examples), the best value within that budget is
+    only a bound: the stopped trial might have got better with the steps it did not run.
+    Needs the ``steps`` and ``step_budget`` columns; without them nothing counts as stopped.
+    """
+    batch_sizes = trials.index.get_level_values("batch_size")
+    sizes = pd.Index(batch_sizes.unique().sort_values(), name="batch_size")
+    if not {"steps", "step_budget"} <= set(trials.columns):
+        return pd.Series(False, index=sizes, dtype=bool)
+    run = trials["steps"].astype(float).to_numpy()
+    budget = trials["step_budget"].astype(float).to_numpy()
+    status = (
+        trials["status"].astype(str).to_numpy()
+        if "status" in trials.columns
+        else np.full(len(trials), "COMPLETE")
+    )
+    # A budget of 0 is unknown (imported studies): such a trial cannot be said to have stopped.
+    early = (budget > 0) & (run < budget) & (status != "INFEASIBLE")
+    window = np.full(len(trials), np.inf)
+    if max_steps is not None:
+        window = np.minimum(window, float(max_steps))
+    if max_examples is not None:
+        window = np.minimum(window, max_examples / batch_sizes.to_numpy(dtype=float))
+    inside = pd.Series(early & (run < window), index=batch_sizes)
+    return inside.groupby(level=0).any().reindex(sizes, fill_value=False).astype(bool)

@@ -407,9 +407,13 @@ class Regimes:
 
         parts = []
         if self.perfect_until is None:
+            first, second = self.batch_sizes[0], self.batch_sizes[1]
+            # Named by the actual step between batch sizes: 64 to 256 is not a doubling.
+            ratio = second / first
+            growth = "doubling the batch size" if ratio == 2 else f"a {ratio:g}-fold larger batch"
             parts.append(
-                f"Perfect scaling is not seen: already from batch size {size(self.batch_sizes[0])}"
-                " to the next, doubling the batch size saves less than perfect scaling would."
+                f"Perfect scaling is not seen: already from batch size {size(first)} to "
+                f"{size(second)}, {growth} saves fewer steps than perfect scaling would."
             )
         elif self.perfect_until == self.batch_sizes[-1]:
             parts.append(

@@ -206,9 +206,11 @@ def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
                       label=f"B = {size}")  # fmt: skip
     left.set_xscale("log")
     left.set_yscale("log")
+    format_value_axis(left)
     left.set_xlabel("Step")
-    left.set_ylabel("B_simple (running estimate)")
-    left.legend(loc="upper left", ncols=2, fontsize=6.5)
+    left.set_ylabel("B_simple (examples, running estimate)")
+    # Below the axes: inside, the legend hides part of some curve.
+    left.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=3, fontsize=6.5)
     sizes = [row[0] for row in rows]
     right.plot(sizes, [row[1] for row in rows], marker="o", color=DATA_COLOR,
                label="B_simple, averaged over training")  # fmt: skip
@@ -218,9 +220,11 @@ def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     format_batch_axis(right)
+    # Plain numbers on the log axis, minor ticks labelled only where few powers of ten show.
+    format_value_axis(right)
     right.set_xlabel("Batch size of the winner measured")
-    right.set_ylabel("Batch size")
-    right.legend(loc="lower right")
+    right.set_ylabel("B_simple and B_crit (examples)")
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=1)
     return figure
 
 

@@ -8,6 +8,7 @@ so making a report changes no global matplotlib state and needs no display.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -27,6 +28,7 @@ from matplotlib.typing import RcKeyType
 from numpy.typing import ArrayLike, NDArray
 
 from batchscale.analysis.analyze import StudyAnalysis
+from batchscale.analysis.budgets import stopped_within_budget
 from batchscale.analysis.scaling import Regimes, ScalingFit
 from batchscale.analysis.winners import OUTCOMES
 from batchscale.search import SearchSpace
@@ -73,6 +75,8 @@ DATA_COLOR = "#1f3b73"
 FIT_COLOR = "#c0392b"
 REFERENCE_COLOR = "#555555"
 UNREACHED_COLOR = "#c0392b"
+# The legend entry for the perfect-scaling lines drawn in each curve's colour.
+PERFECT_SCALING_EACH = "perfect scaling (dashed, each curve's colour)"
 
 
 @contextmanager
@@ -135,11 +139,35 @@ def format_value_axis(ax: Axes) -> None:
         ax.set_ylim(low, high)
     ax.yaxis.set_major_formatter(FuncFormatter(_plain))
     powers_inside = math.floor(math.log10(high)) - math.ceil(math.log10(low)) + 1
+    # Where the data run well past the last labelled tick, stretch the axis to the next one,
+    # so that labels bracket every point (a point at 0.03 under a lowest label of 0.05 cannot
+    # be read off the axis).
+    steps, far = ((1.0, 2.0, 5.0), 1.5) if powers_inside < 2 else ((1.0,), 3.0)
+    below = _labelled_tick(low, steps, down=True)
+    above = _labelled_tick(high, steps, down=False)
+    first = _labelled_tick(low, steps, down=False)
+    last = _labelled_tick(high, steps, down=True)
+    if first / low > far:
+        low = below
+    if high / last > far:
+        high = above
+    ax.set_ylim(low, high)
     if powers_inside < 2:
         ax.yaxis.set_minor_locator(LogLocator(base=10, subs=(2.0, 5.0)))
         ax.yaxis.set_minor_formatter(FuncFormatter(_plain))
     else:
         ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _labelled_tick(value: float, steps: Sequence[float], *, down: bool) -> float:
+    """The nearest value of the form s * 10^k (s in ``steps``) at or below (or above) ``value``."""
+    exponent = math.floor(math.log10(value))
+    candidates = sorted(
+        step * 10.0**power for power in (exponent - 1, exponent, exponent + 1) for step in steps
+    )
+    if down:
+        return max(c for c in candidates if c <= value * (1 + 1e-9))
+    return min(c for c in candidates if c >= value * (1 - 1e-9))
 
 
 def legend_columns(figure: Figure, handles: Sequence[Any]) -> int:
@@ -198,12 +226,15 @@ def plot_steps_to_result(
     label: str = "measured",
     color: str = DATA_COLOR,
     legend: bool = True,
+    budgets: ArrayLike | None = None,
 ) -> None:
     """Steps (or, with ``examples``, examples) to result against batch size on log-log axes.
 
     Draws the perfect-scaling reference through the smallest reached batch size, the fitted
-    S(B) = S_min (1 + B_crit / B) (or E(B) = E_min (1 + B / B_crit)) with B_crit marked, the
-    measured regimes shaded, and a marker at the top for batch sizes that never reached the goal.
+    S(B) = S_min (1 + B_crit / B) (or E(B) = E_min (1 + B / B_crit)) with B_crit marked, and
+    the measured regimes shaded. A batch size that never reached the goal gets an upward
+    marker at its step budget where ``budgets`` (steps per batch size, aligned with
+    ``batch_sizes``) gives it, else at the top of the axes.
     """
     sizes, counts, keep = _finite(batch_sizes, steps)
     values = counts * sizes if examples else counts
@@ -258,11 +289,37 @@ def plot_steps_to_result(
                 label="$B_{crit}$",
             )
             handles.append(marker)
+    unreached = ~keep & (values != 0)
+    shown = values[keep]
+    limit = None if budgets is None else np.asarray(budgets, dtype=float)
+    if limit is not None and limit.shape == sizes.shape and np.isfinite(limit[unreached]).all():
+        # At each batch size's budget, pointing up: the goal lies somewhere beyond it.
+        ceiling = limit[unreached] * (sizes[unreached] if examples else 1.0)
+        unit = "examples" if examples else "steps"
+        same = len(set(ceiling.tolist())) == 1
+        (drawn,) = ax.plot(
+            sizes[unreached],
+            ceiling,
+            linestyle="none",
+            marker="^",
+            color=UNREACHED_COLOR,
+            markerfacecolor="none",
+            label=(
+                f"goal not reached within {int(ceiling[0]):,} {unit}"
+                if same and len(ceiling)
+                else f"goal not reached within the budget (marked at each batch size's {unit})"
+            ),
+            zorder=4,
+        )
+        if len(ceiling):
+            handles.append(drawn)
+        shown = np.concatenate([shown, ceiling])
+        unreached = np.zeros_like(unreached)
     # Batch sizes that have no place on the log axis, marked at its edge.
     edge = blended_transform_factory(ax.transData, ax.transAxes)
     for where, height, symbol, face, label in (
         (values == 0, 0.03, "^", "none", "met before training"),
-        (~keep & (values != 0), 0.97, "v", UNREACHED_COLOR, "goal not reached"),
+        (unreached, 0.97, "v", UNREACHED_COLOR, "goal not reached"),
     ):
         off_axis = sizes[where]
         if len(off_axis):
@@ -281,11 +338,16 @@ def plot_steps_to_result(
             handles.append(drawn)
     if regimes is not None:
         handles += shade_regimes(ax, regimes)
-    if keep.any():
+    if len(shown):
         # Room above and below the data, so the markers and the legend do not collide.
-        shown = values[keep]
         ax.set_ylim(shown.min() / 2.5, shown.max() * 2.5)
-    format_value_axis(ax)
+    else:
+        # Nothing measured: an axis with numbers would read as if a marker at its top were a
+        # count of steps.
+        ax.yaxis.set_major_formatter(NullFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    if len(shown):
+        format_value_axis(ax)
     ax.set_xlabel("Batch size")
     ax.set_ylabel("Examples to result" if examples else "Steps to result")
     if legend:
@@ -399,13 +461,27 @@ def plot_validation_curves(
     target: float,
     ylabel: str,
     colorbar: bool = True,
+    stop_goal: float | None = None,
+    stop_label: str = "goal trials stopped at",
 ) -> None:
     """Validation metric against step for each batch size's winner, coloured by batch size.
 
     ``curves`` maps a batch size to (steps, values). Step 0 is left out (log x axis).
+    ``stop_goal``, where it differs from ``target``, is drawn as the line trials stopped at.
+    Without curves the axes say so in words rather than show an empty frame.
     """
     sizes = sorted(curves)
     if not sizes:
+        ax.text(
+            0.5,
+            0.5,
+            "No trial reached the goal:\nno winner's curve to show",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color=REFERENCE_COLOR,
+        )
+        ax.set_axis_off()
         return
     norm = LogNorm(vmin=min(sizes), vmax=max(sizes) if max(sizes) > min(sizes) else min(sizes) * 2)
     cmap = colormaps["viridis"]
@@ -416,6 +492,8 @@ def plot_validation_curves(
         every += list(values[keep])
         ax.plot(steps[keep], values[keep], color=cmap(norm(size)), linewidth=1.1)
     ax.axhline(target, color=FIT_COLOR, linestyle=(0, (4, 3)), linewidth=1.0, label="goal")
+    if stop_goal is not None and stop_goal != target:
+        ax.axhline(stop_goal, color=REFERENCE_COLOR, linestyle=":", linewidth=1.2, label=stop_label)
     if every:  # a log axis needs a point past step 0 (winners at step 0 have none)
         ax.set_xscale("log")
     finite = np.asarray([v for v in every if math.isfinite(v) and v > 0])
@@ -441,14 +519,49 @@ def plot_best_metric(
     target: float,
     ylabel: str,
     title: str,
+    bounded: ArrayLike | None = None,
+    stop_goal: float | None = None,
+    goal_label: str = "goal",
+    stop_label: str = "goal trials stopped at",
 ) -> None:
-    """The best validation metric each batch size reached under one budget, with the goal."""
+    """The best validation metric each batch size reached under one budget, with the goal.
+
+    ``bounded`` marks the values that are only bounds because some trial stopped (at a goal,
+    or pruned) inside the budget: drawn hollow. ``stop_goal``, where it differs from
+    ``target``, is the goal trials stopped at, drawn as its own line.
+    """
     sizes = np.asarray(batch_sizes, dtype=float)
     numbers = pd.Series(values, dtype="Float64").to_numpy(dtype=float, na_value=np.nan)
     keep = np.isfinite(numbers)
+    hollow = (
+        np.zeros(len(sizes), dtype=bool) if bounded is None else np.asarray(bounded, dtype=bool)
+    )
     format_batch_axis(ax)
-    ax.plot(sizes[keep], numbers[keep], "o-", color=DATA_COLOR, label="best trial")
-    ax.axhline(target, color=FIT_COLOR, linestyle=(0, (4, 3)), linewidth=1.0, label="goal")
+    ax.plot(sizes[keep], numbers[keep], "-", color=DATA_COLOR, zorder=2)
+    for mask, face, label in (
+        (keep & ~hollow, DATA_COLOR, "best trial"),
+        (keep & hollow, "white", "bound: a trial stopped within the budget"),
+    ):
+        if mask.any():
+            ax.plot(
+                sizes[mask],
+                numbers[mask],
+                linestyle="none",
+                marker="o",
+                color=DATA_COLOR,
+                markerfacecolor=face,
+                label=label,
+                zorder=3,
+            )
+    ax.axhline(target, color=FIT_COLOR, linestyle=(0, (4, 3)), linewidth=1.0, label=goal_label)
+    if stop_goal is not None and stop_goal != target:
+        ax.axhline(
+            stop_goal,
+            color=REFERENCE_COLOR,
+            linestyle=":",
+            linewidth=1.2,
+            label=stop_label,
+        )
     ax.set_xlabel("Batch size")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -470,6 +583,7 @@ def plot_comparison(
     """
     cmap = colormaps["tab10"]
     markers = "osD^vP*Xh<>"
+    drawn_reference = False
     format_batch_axis(ax)
     ax.set_yscale("log")
     for index, (label, (batch_sizes, steps)) in enumerate(curves.items()):
@@ -490,7 +604,6 @@ def plot_comparison(
         )
         if normalise and len(reached) > 1:
             grid = np.geomspace(reached[0], reached[-1], 50)
-            first_line = not any(line.get_label() == "perfect scaling" for line in ax.lines)
             ax.plot(
                 grid,
                 reached[0] / grid,
@@ -498,8 +611,19 @@ def plot_comparison(
                 color=color,
                 linewidth=0.8,
                 alpha=0.7,
-                label="perfect scaling" if first_line else "_nolegend_",
+                label="_nolegend_",
             )
+            drawn_reference = True
+    if drawn_reference:
+        # One entry in a neutral colour stands for every curve's own reference line.
+        ax.plot(
+            [],
+            [],
+            linestyle=(0, (4, 3)),
+            color=REFERENCE_COLOR,
+            linewidth=0.8,
+            label=PERFECT_SCALING_EACH,
+        )
     ax.set_xlabel("Batch size")
     ax.set_ylabel("Steps relative to smallest batch size" if normalise else "Steps to result")
     format_value_axis(ax)
@@ -516,8 +640,14 @@ def _metric_label(metric: str) -> str:
     return f"{split_name} {name.replace('_', ' ')}" if name else metric
 
 
-def steps_figure(analysis: StudyAnalysis, *, examples: bool = False) -> Figure:
-    """Steps (or examples) to result with the perfect-scaling line, the fit and the regimes."""
+def steps_figure(
+    analysis: StudyAnalysis, *, examples: bool = False, step_budgets: pd.Series | None = None
+) -> Figure:
+    """Steps (or examples) to result with the perfect-scaling line, the fit and the regimes.
+
+    ``step_budgets`` (steps per batch size, see ``batchscale.analysis.step_budgets``) places
+    the batch sizes that never reached the goal at their budget.
+    """
     figure = Figure(figsize=(6.6, 3.5), layout="constrained")
     ax = figure.add_subplot()
     plot_steps_to_result(
@@ -527,6 +657,9 @@ def steps_figure(analysis: StudyAnalysis, *, examples: bool = False) -> Figure:
         fit=analysis.fit,
         regimes=analysis.regimes,
         examples=examples,
+        budgets=None
+        if step_budgets is None
+        else step_budgets.reindex(analysis.winners.index).to_numpy(dtype=float),
     )
     return figure
 
@@ -608,10 +741,23 @@ def trial_outcomes_figure(
         dim = search_space["momentum"]
         if dim.low is not None and dim.high is not None:
             first.set_ylim((1 - dim.high) / 1.5, (1 - dim.low) * 1.5)
-    for ax in axes[-1, :]:
-        ax.set_xlabel("Learning rate")
+    # The lowest visible panel of each column carries the x tick labels and the label: with
+    # shared axes only the bottom row would, and its panels past the last batch size are hidden.
+    for column in range(columns):
+        shown_rows = [row for row in range(rows) if axes[row, column].get_visible()]
+        if shown_rows:
+            lowest = axes[shown_rows[-1], column]
+            lowest.xaxis.set_tick_params(labelbottom=True)
+            lowest.set_xlabel("Learning rate")
+    metric_name = _metric_label(analysis.metric)
+    # Wrapped: a panel is too short for "Best validation classification error" on one line.
+    ylabel = (
+        "1 − momentum"
+        if has_momentum
+        else textwrap.fill(f"Best {metric_name[0].lower()}{metric_name[1:]}", 22)
+    )
     for ax in axes[:, 0]:
-        ax.set_ylabel("1 − momentum" if has_momentum else "Best validation metric")
+        ax.set_ylabel(ylabel)
     handles = [
         Line2D(
             [],
@@ -644,8 +790,10 @@ def trial_outcomes_figure(
     return figure
 
 
-def validation_curves_figure(analysis: StudyAnalysis, measurements: pd.DataFrame) -> Figure:
-    """The winners' validation curves, one per batch size."""
+def validation_curves_figure(
+    analysis: StudyAnalysis, measurements: pd.DataFrame, *, stop_goal: float | None = None
+) -> Figure:
+    """The winners' validation curves, one per batch size, with the goal trials stopped at."""
     curves = {}
     for size, trial_id in analysis.winners["trial_id"].items():
         if pd.isna(trial_id):
@@ -657,35 +805,82 @@ def validation_curves_figure(analysis: StudyAnalysis, measurements: pd.DataFrame
         )
     figure = Figure(figsize=(5.2, 3.5), layout="constrained")
     ax = figure.add_subplot()
+    sign = ">" if analysis.maximize else "<"
     plot_validation_curves(
-        ax, curves, target=analysis.target, ylabel=_metric_label(analysis.metric)
+        ax,
+        curves,
+        target=analysis.target,
+        ylabel=_metric_label(analysis.metric),
+        stop_goal=stop_goal,
+        stop_label=f"trials stopped at {sign} {stop_goal:g}" if stop_goal is not None else "",
     )
     return figure
 
 
-def budgets_figure(analysis: StudyAnalysis) -> Figure:
-    """Best validation metric against batch size under a fixed example and a fixed step budget."""
-    figure = Figure(figsize=(6.4, 2.9), layout="constrained")
+def budgets_figure(
+    analysis: StudyAnalysis,
+    trials: pd.DataFrame | None = None,
+    stop_goal: float | None = None,
+) -> Figure:
+    """Best validation metric against batch size under a fixed example and a fixed step budget.
+
+    With ``trials`` (a trials table with ``steps`` and ``step_budget``), a value is drawn
+    hollow where some trial at that batch size stopped inside the budget (see
+    ``stopped_within_budget``). ``stop_goal`` is the goal trials stopped at, if any.
+    """
+    figure = Figure(figsize=(6.4, 3.3), layout="constrained")
     left, right = figure.subplots(1, 2, sharey=True)
     sizes = analysis.winners.index.to_numpy(dtype=float)
     label = _metric_label(analysis.metric)
-    plot_best_metric(
-        left,
-        sizes,
-        analysis.best_under_examples["value"],
-        target=analysis.target,
-        ylabel=f"Best {label[0].lower()}{label[1:]}",
-        title=f"Fixed example budget ({analysis.example_budget:,} examples)",
+    sign = ">" if analysis.maximize else "<"
+    bounds: list[NDArray[np.bool_] | None] = [None, None]
+    if trials is not None:
+        bounds = [
+            stopped.reindex(analysis.winners.index, fill_value=False).to_numpy(dtype=bool)
+            for stopped in (
+                stopped_within_budget(trials, max_examples=analysis.example_budget),
+                stopped_within_budget(trials, max_steps=analysis.step_budget),
+            )
+        ]
+    for ax, values, title, ylabel, bounded in (
+        (
+            left,
+            analysis.best_under_examples["value"],
+            f"Fixed example budget ({analysis.example_budget:,} examples)",
+            f"Best {label[0].lower()}{label[1:]}",
+            bounds[0],
+        ),
+        (
+            right,
+            analysis.best_under_steps["value"],
+            f"Fixed step budget ({analysis.step_budget:,} steps)",
+            "",
+            bounds[1],
+        ),
+    ):
+        plot_best_metric(
+            ax,
+            sizes,
+            values,
+            target=analysis.target,
+            ylabel=ylabel,
+            title=title,
+            bounded=bounded,
+            stop_goal=stop_goal,
+            goal_label=f"goal {sign} {analysis.target:g}",
+            stop_label="" if stop_goal is None else f"trials stopped at {sign} {stop_goal:g}",
+        )
+    # One legend below both panels: inside, it would cover some batch size's point.
+    handles: dict[str, Any] = {}
+    for ax in (left, right):
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(text, handle)
+    figure.legend(
+        list(handles.values()),
+        list(handles),
+        loc="outside lower center",
+        ncols=legend_columns(figure, list(handles.values())),
     )
-    plot_best_metric(
-        right,
-        sizes,
-        analysis.best_under_steps["value"],
-        target=analysis.target,
-        ylabel="",
-        title=f"Fixed step budget ({analysis.step_budget:,} steps)",
-    )
-    right.legend(loc="best")
     return figure
 
 
@@ -696,8 +891,10 @@ def comparison_figure(curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> Figu
     plot_comparison(raw, curves, legend=False)
     plot_comparison(relative, curves, normalise=True, legend=False)
     raw.set_title("Steps to result")
-    relative.set_title("Normalised by the smallest batch size")
+    relative.set_title("Normalised to each curve's start")
     # One legend below both panels: inside either, it would cover some study's points.
     handles, labels = relative.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncols=min(4, len(handles)))
+    figure.legend(
+        handles, labels, loc="outside lower center", ncols=legend_columns(figure, handles)
+    )
     return figure

@@ -24,7 +24,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
+from batchscale.analysis.budgets import step_budgets, stopped_within_budget
 from batchscale.analysis.cost import DataParallelCost
+from batchscale.analysis.goals import stops_at_goal
 from batchscale.analysis.scaling import ScalingFit
 from batchscale.analysis.winners import OUTCOMES, winner_metaparameters
 from batchscale.report import extras, figures
@@ -62,8 +64,22 @@ def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _number(value: Any, digits: int = 3) -> str:
-    """A table cell: ``-`` when missing, counts exact, other numbers to ``digits`` digits."""
+def _rounds_onto(text: str, number: float, distinct_from: Collection[float]) -> bool:
+    """Whether ``text`` reads as 1 (or -1), or as a goal in ``distinct_from``, though
+    ``number`` is not that value."""
+    shown = float(text)
+    if shown == number:
+        return False
+    return abs(shown) == 1.0 or any(shown == float(goal) for goal in distinct_from)
+
+
+def format_number(value: Any, digits: int = 3, distinct_from: Collection[float] = ()) -> str:
+    """A table cell: ``-`` when missing, counts exact, other numbers to ``digits`` digits.
+
+    More digits where the rounded text would read as 1 or as one of ``distinct_from`` (the
+    goals a value is compared with) though the value is not: a momentum of 0.9996 must not
+    read as 1, nor an error of 0.29975 that beat the goal 0.3 as the goal itself.
+    """
     if value is None or pd.isna(value):
         return "-"
     number = float(value)
@@ -73,21 +89,47 @@ def _number(value: Any, digits: int = 3) -> str:
         # Three significant digits, written out: 15,000 reads faster than 1.5e+04.
         return f"{float(f'{number:.{digits}g}'):,.0f}"
     text = f"{number:.{digits}g}"
-    # A momentum or an accuracy of 0.9996 must not read as 1 (a goal, or the end of a range):
-    # more digits until the value no longer rounds onto a whole number.
-    while float(text).is_integer() and digits < 8:
+    while _rounds_onto(text, number, distinct_from) and digits < 12:
         digits += 1
         text = f"{number:.{digits}g}"
     return text
 
 
-def _interval(
+def _column(
+    values: Sequence[Any], digits: int = 3, distinct_from: Collection[float] = ()
+) -> list[str]:
+    """One table column's cells, every fractional value to the same significant digits.
+
+    Trailing zeros are kept (15.0 beside 11.9 and 2.08), so a column reads at one precision;
+    the digits grow for the whole column where any value would read as 1 or as one of
+    ``distinct_from`` (see ``format_number``). Missing values, counts and values of 1000 or more
+    are written as ``format_number`` writes them.
+    """
+
+    def fractional(value: Any) -> bool:
+        if value is None or pd.isna(value):
+            return False
+        number = float(value)
+        return not number.is_integer() and abs(number) < 1000
+
+    shown = [float(v) for v in values if fractional(v)]
+    while digits < 12 and any(_rounds_onto(f"{v:#.{digits}g}", v, distinct_from) for v in shown):
+        digits += 1
+    return [
+        f"{float(v):#.{digits}g}".rstrip(".")
+        if fractional(v)
+        else format_number(v, digits, distinct_from)
+        for v in values
+    ]
+
+
+def format_interval(
     interval: tuple[float, float] | None, bounds: tuple[float, float] | None = None
 ) -> str:
     """``[low, high]``; an end at the fit's bound for B_crit reads as unbounded."""
     if interval is None:
         return ""
-    low, high = _number(interval[0]), _number(interval[1])
+    low, high = format_number(interval[0]), format_number(interval[1])
     if bounds is not None:
         low = "unbounded" if interval[0] <= bounds[0] * 1.01 else low
         high = "unbounded" if interval[1] >= bounds[1] / 1.01 else high
@@ -95,9 +137,15 @@ def _interval(
 
 
 def _table(
-    headers: Sequence[str], rows: Sequence[Sequence[Any]], text: Collection[int] = ()
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    text: Collection[int] = (),
+    css_class: str = "",
 ) -> str:
-    """An HTML table of already-escaped cells; columns in ``text`` are left-aligned prose."""
+    """An HTML table of already-escaped cells; columns in ``text`` are left-aligned prose.
+
+    ``css_class`` names the table's class (``compact``: smaller type for wide tables).
+    """
 
     def cell(tag: str, index: int, value: Any) -> str:
         kind = ' class="text"' if index in text else ""
@@ -107,7 +155,8 @@ def _table(
     body = "".join(
         "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in rows
     )
-    table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    kind = f' class="{_esc(css_class)}"' if css_class else ""
+    table = f"<table{kind}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     return f'<div class="scroll">{table}</div>'
 
 
@@ -179,9 +228,9 @@ def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
         ),
     ]
     blocks = "".join(
-        f'<div><div class="name">{name}</div><div class="value">{_number(value)}</div>'
+        f'<div><div class="name">{name}</div><div class="value">{format_number(value)}</div>'
         f'<div class="interval">'
-        f"{_interval(interval, fit.b_crit_bounds if bounded else None) or 'no interval'}"
+        f"{format_interval(interval, fit.b_crit_bounds if bounded else None) or 'no interval'}"
         "</div></div>"
         for name, value, interval, bounded in cards
     )
@@ -211,6 +260,13 @@ def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
     return f'<div class="headline">{blocks}</div><p>{note}</p>'
 
 
+def _summary_table(analysis: StudyAnalysis) -> str:
+    """The main table, compact so that all its columns fit the page without scrolling."""
+    headers, rows = _summary_rows(analysis)
+    # The regime ("maximal data parallelism") wraps rather than widens the table.
+    return _table(headers, rows, text={headers.index("regime")}, css_class="compact")
+
+
 def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
     winners = analysis.winners
     params = winner_metaparameters(winners)
@@ -234,33 +290,47 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
     timed = "train_time" in winners.columns and bool((winners["train_time"] > 0).any())
     if timed:
         headers.append("winner's train time (s)")
+    goals = _goals(analysis)
+    # Each column at one precision; values compared with a goal never print as the goal.
+    columns = {
+        name: _column(
+            list(winners[name]) if name in winners.columns else [None] * len(winners),
+            distinct_from=goals if name in ("validation", "test") else (),
+        )
+        for name in ("validation", "test", *params)
+    }
     rows = []
-    for size in winners.index:
+    for position, size in enumerate(winners.index):
         row = winners.loc[size]
         tally = counts.loc[size] if size in counts.index else pd.Series(dtype=int)
         regime = None if pd.isna(row["steps"]) else analysis.regimes.regime_of(float(size))
         cells = [
-            _number(size),
-            _number(row["steps"]),
-            _number(row["examples"]),
+            format_number(size),
+            format_number(row["steps"]),
+            format_number(row["examples"]),
             "-" if pd.isna(row["trial_id"]) else str(int(row["trial_id"])),
-            _number(row.get("validation")),
-            _number(row.get("test")),
-            *[_number(row[p]) for p in params],
+            columns["validation"][position],
+            columns["test"][position],
+            *[columns[p][position] for p in params],
             regime or "-",
             " / ".join(str(int(tally.get(o, 0))) for o in shown),
         ]
         if timed:
-            cells.append(_number(row["train_time"]))
+            cells.append(format_number(row["train_time"]))
         rows.append(cells)
     return headers, rows
+
+
+def _goals(analysis: StudyAnalysis) -> list[float]:
+    """The study's goal and every goal it was read at."""
+    return [analysis.target, *(curve.goal for curve in analysis.goal_curves)]
 
 
 def _regimes_html(analysis: StudyAnalysis) -> str:
     regimes = analysis.regimes
     rows = [
         [
-            f"{_number(regimes.batch_sizes[i])} → {_number(regimes.batch_sizes[i + 1])}",
+            " → ".join(format_number(size) for size in regimes.batch_sizes[i : i + 2]),
             f"{slope:.2f}",
             f"{2.0**slope:.2f}",
         ]
@@ -274,29 +344,50 @@ def _regimes_html(analysis: StudyAnalysis) -> str:
     return f"<p>{_esc(regimes.describe())}</p>{table}"
 
 
-def _goals_html(analysis: StudyAnalysis) -> str:
+def _goals_html(analysis: StudyAnalysis, stop: float | None = None) -> str:
+    """The curve's fit at each goal; a fit through two batch sizes is marked as exact.
+
+    ``stop`` is the goal trials stopped at (see ``stop_goal``), named where goals past it are
+    censored.
+    """
     sign = _sign(analysis.maximize)
     rows = []
+    exact = False
     for curve in analysis.goal_curves:
+        notes = []
         if curve.chosen:
-            note = "the study's goal"
-        elif curve.censored:
-            note = "not measurable: trials stop at the study's goal"
-        else:
-            note = ""
+            notes.append("the study's goal")
+        if curve.censored:
+            if stop is None or stop == analysis.target:
+                notes.append("not measurable: trials stop at the study's goal")
+            else:
+                notes.append(f"not measurable: trials stop at {sign} {stop:g}")
+        b_crit = "-" if curve.fit is None else format_number(curve.fit.b_crit)
+        if curve.fit is not None and len(curve.fit.batch_sizes) < 3:
+            # Two parameters through two points: the curve passes through both whatever its
+            # shape, so B_crit says nothing of how well the model describes the data.
+            exact = True
+            b_crit += " (2 points: exact fit)"
         rows.append(
             [
                 _esc(f"{sign} {curve.goal:g}"),
                 f"{curve.reached} of {len(curve.batch_sizes)}",
-                "-" if curve.fit is None else _number(curve.fit.s_min),
-                "-" if curve.fit is None else _number(curve.fit.b_crit),
-                _esc(note),
+                "-" if curve.fit is None else format_number(curve.fit.s_min),
+                b_crit,
+                _esc("; ".join(notes)),
             ]
         )
+    note = (
+        " A fit through only two batch sizes is marked <em>2 points: exact fit</em>: two "
+        "parameters pass exactly through two points whatever the curve's shape, so its "
+        "B<sub>crit</sub> says nothing of the fit's quality; compare it with care."
+        if exact
+        else ""
+    )
     return (
         "<p>Steps to result recomputed from the same measurements at goals around the chosen "
         "one. Curves of the same shape (similar B<sub>crit</sub>) mean the result does not hang "
-        "on the exact goal.</p>"
+        f"on the exact goal.{note}</p>"
         + _table(["goal", "batch sizes reaching it", "S_min", "B_crit", "note"], rows, text={0, 4})
     )
 
@@ -397,7 +488,7 @@ def extra_sections(
         replicated = extras.replicates_figure(analysis, meta)
         if replicated is not None:
             rows = [
-                [str(b), _number(m), _number(lo), _number(hi), str(n)]
+                [str(b), format_number(m), format_number(lo), format_number(hi), str(n)]
                 for b, (m, lo, hi, n) in extras.replicate_summary(meta).items()
             ]
             rendered = save_figure(
@@ -419,7 +510,7 @@ def extra_sections(
         if noise is not None:
             b_crit = None if analysis.fit is None else analysis.fit.b_crit
             rows = [
-                [str(b), _number(value), "-" if ratio is None else _number(ratio)]
+                [str(b), format_number(value), "-" if ratio is None else format_number(ratio)]
                 for b, value, ratio in extras.noise_scale_table(meta, b_crit)
             ]
             rendered = save_figure(
@@ -467,14 +558,16 @@ def _budgets_html(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
         return "<h2>Fixed step and fixed epoch budgets</h2>" + explanation
     epochs = budget["epochs"]
     best = analysis.best_under_examples
+    values = _column(list(best["value"]), distinct_from=_goals(analysis))
     rows = [
-        [str(b), _number(row["value"]), str(row["trial_id"]), str(row["step"])]
-        for b, row in best.iterrows()
+        [str(b), value, str(row["trial_id"]), str(row["step"])]
+        for value, (b, row) in zip(values, best.iterrows(), strict=True)
     ]
     return (
         "<h2>Fixed step and fixed epoch budgets</h2>"
         + explanation
-        + f"<p>This study trained every batch size for {epochs:g} epochs "
+        + f"<p>This study trained every batch size for {epochs:g} "
+        f"{'epoch' if epochs == 1 else 'epochs'} "
         f"({budget.get('train_examples', 0) * epochs:,.0f} examples) without stopping at the "
         f"goal: the best {_esc(analysis.metric)} each batch size reached within that budget:</p>"
         + _table(["batch size", f"best {analysis.metric}", "trial", "step"], rows)
@@ -486,24 +579,115 @@ def _step_time_device(meta: dict[str, Any]) -> str:
     return ", ".join(sorted(devices)) or "the study's device"
 
 
+def stop_goal(
+    meta: dict[str, Any], analysis: StudyAnalysis, measurements: pd.DataFrame
+) -> float | None:
+    """The goal trials stopped at, or ``None`` where they ran their budget.
+
+    The store says so (``stop_target``: the hardest of the study's goals, ``None`` under an
+    epoch budget); older and imported stores do not, and then trials count as stopped at the
+    goal where most trials that reached it end there.
+    """
+    if "stop_target" in meta:
+        return None if meta["stop_target"] is None else float(meta["stop_target"])
+    if (meta.get("budget") or {}).get("epochs") is not None:
+        return None
+    stops = stops_at_goal(measurements, analysis.metric, analysis.target, analysis.maximize)
+    return analysis.target if stops else None
+
+
+def _stop_sentence(analysis: StudyAnalysis, meta: dict[str, Any], stop: float | None) -> str:
+    """How trials stopped, in one sentence: at which goal, or not at all."""
+    sign = _sign(analysis.maximize)
+    if stop is None:
+        if (meta.get("budget") or {}).get("epochs") is not None:
+            return "Trials ran their whole epoch budget; none stopped at the goal."
+        return "Trials were not stopped at the goal."
+    if stop == analysis.target:
+        return "Trials stop once they reach the goal."
+    return (
+        f"Trials stop once they reach the hardest of the study's goals, {analysis.metric} "
+        f"{sign} {stop:g}, so they run on past the goal {sign} {analysis.target:g}."
+    )
+
+
+def _budgets_caption(
+    analysis: StudyAnalysis, meta: dict[str, Any], trials: pd.DataFrame, stop: float | None
+) -> str:
+    """What the budgets figure shows, with what stopping did to its values."""
+    caption = (
+        "Best validation metric over all trials within the largest example budget (left) and "
+        "step budget (right) that every batch size had. "
+    )
+    raced = meta.get("mode") == "race"
+    bounded = bool(
+        stopped_within_budget(trials, max_examples=analysis.example_budget).any()
+        or stopped_within_budget(trials, max_steps=analysis.step_budget).any()
+    )
+    if stop is None and not raced:
+        return (
+            caption
+            + _stop_sentence(analysis, meta, stop)
+            + " Each value is the best within its budget."
+        )
+    how = _stop_sentence(analysis, meta, stop)
+    if raced:
+        how += " Racing also stopped (pruned) the trials that could no longer win."
+    if not bounded:
+        return (
+            caption
+            + how
+            + " No trial stopped inside either budget, so each value is the best within it."
+        )
+    return (
+        caption
+        + how
+        + " Hollow markers: some trial at that batch size stopped inside the budget, so the "
+        "value shows where trials stopped, not the best the batch size gets within the "
+        "budget (it is a bound: the true best is at least this good). Filled markers: no trial "
+        "stopped inside the budget, so the value is the best within it."
+    )
+
+
 def study_figures(
     analysis: StudyAnalysis,
     measurements: pd.DataFrame,
     trials: pd.DataFrame,
     out_dir: Path,
     search_space: SearchSpace | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> list[RenderedFigure]:
-    """Build, save and return the report's figures for one study."""
+    """Build, save and return the report's figures for one study.
+
+    ``meta`` (the store's metadata) says how trials stopped; without it that is read off the
+    measurements.
+    """
+    meta = meta or {}
     best_values = None
     if "momentum" not in trials.columns:
         grouped = measurements[analysis.metric].groupby(level=["batch_size", "trial_id"])
         best_values = grouped.max() if analysis.maximize else grouped.min()
     goal = f"{_sign(analysis.maximize)} {analysis.target:g}"
+    stop = stop_goal(meta, analysis, measurements)
+    budgets = step_budgets(
+        measurements, trials["step_budget"] if "step_budget" in trials.columns else None
+    )
+    reached_somewhere = bool(analysis.winners["trial_id"].notna().any())
+    if reached_somewhere:
+        curves_caption = (
+            "Validation metric of each batch size's winner against step. "
+            + _stop_sentence(analysis, meta, stop)
+        )
+    else:
+        curves_caption = (
+            f"No trial reached {analysis.metric} {goal} at any batch size, so there is no "
+            "winner whose curve could be shown."
+        )
     specs = [
         (
             "steps_to_result",
             "Steps to result",
-            lambda: figures.steps_figure(analysis),
+            lambda: figures.steps_figure(analysis, step_budgets=budgets),
             f"Fewest steps to reach {analysis.metric} {goal} at each batch size, each batch size "
             "tuned separately. Dashed: perfect scaling from the smallest batch size; red: the "
             "fitted S(B); shading: the regimes read off the measured local slopes.",
@@ -511,7 +695,7 @@ def study_figures(
         (
             "examples_to_result",
             "Examples to result",
-            lambda: figures.steps_figure(analysis, examples=True),
+            lambda: figures.steps_figure(analysis, examples=True, step_budgets=budgets),
             "Examples consumed to reach the goal (steps times batch size). Flat means perfect "
             "scaling: larger batches cost no extra data.",
         ),
@@ -534,17 +718,14 @@ def study_figures(
         (
             "validation_curves",
             "Winners' validation curves",
-            lambda: figures.validation_curves_figure(analysis, measurements),
-            "Validation metric of each batch size's winner against step; trials stop once they "
-            "reach the goal.",
+            lambda: figures.validation_curves_figure(analysis, measurements, stop_goal=stop),
+            curves_caption,
         ),
         (
             "budgets",
             "Best result under fixed budgets",
-            lambda: figures.budgets_figure(analysis),
-            "Best validation metric over all trials within the largest example budget (left) and "
-            "step budget (right) that every batch size had. Trials stop at the goal, so values "
-            "just past the goal mean the goal was reached within the budget.",
+            lambda: figures.budgets_figure(analysis, trials, stop_goal=stop),
+            _budgets_caption(analysis, meta, trials, stop),
         ),
     ]
     rendered = []
@@ -578,7 +759,7 @@ def write_report(
     analysis = study.analyze(goals, bootstrap_samples=bootstrap_samples, seed=seed)
     meta, measurements, trials = study.meta, study.measurements, study.trials
     search_space = study.search_space
-    rendered = study_figures(analysis, measurements, trials, out, search_space)
+    rendered = study_figures(analysis, measurements, trials, out, search_space, meta)
     cost = DataParallelCost(
         devices=devices,
         parameters=int(meta.get("parameters", 0)),
@@ -588,7 +769,6 @@ def write_report(
     more = extra_sections(analysis, meta, out, cost)
     goal = f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"
     title = f"{meta.get('workload')} / {meta.get('optimizer')}: steps to {goal}"
-    headers, rows = _summary_rows(analysis)
     body = "".join(
         [
             f"<h1>{_esc(title)}</h1>",
@@ -602,7 +782,7 @@ def write_report(
             f"<h2>Design checks ({len(analysis.warnings)} warnings)</h2>",
             _warnings_html(analysis),
             "<h2>Steps to result per batch size</h2>",
-            _table(headers, rows),
+            _summary_table(analysis),
             f"<p>Validation and test: the winner's {_esc(analysis.metric.partition('/')[2])} "
             "on each split at the step it reached the goal; the test value is the honest one, "
             "since the winner was picked on validation data.</p>",
@@ -610,7 +790,7 @@ def write_report(
             "".join(_figure_html(r) for r in rendered),
             more,
             "<h2>Goals</h2>",
-            _goals_html(analysis),
+            _goals_html(analysis, stop_goal(meta, analysis, measurements)),
             "<h2>Study settings</h2>",
             _settings_html(meta, Path(store_path)),
             "<h2>Software</h2>",
@@ -673,14 +853,30 @@ def write_comparison(
         )
         for name, (_, _, analysis) in zip(names, studies, strict=True)
     }
+    starts = {
+        float(sizes[np.isfinite(steps) & (steps > 0)].min())
+        for sizes, steps in curves.values()
+        if (np.isfinite(steps) & (steps > 0)).any()
+    }
+    caption = (
+        "Left: steps to result of each study. Right: each curve divided by its steps at its "
+        "smallest reached batch size; each dashed line, in its curve's colour, is perfect "
+        "scaling from that curve's start."
+    )
+    if len(starts) > 1:
+        caption += (
+            " The studies' smallest reached batch sizes differ ("
+            + ", ".join(format_number(b) for b in sorted(starts))
+            + "), so each curve is normalised to its own smallest batch size and starts at 1 "
+            "there, not at a common batch size."
+        )
     with figures.paper_style():
         rendered = save_figure(
             figures.comparison_figure(curves),
             out,
             "comparison",
             "Steps to result, compared",
-            "Left: steps to result of each study. Right: each curve divided by its steps at its "
-            "smallest reached batch size; the dashed line is perfect scaling.",
+            caption,
         )
     rows = []
     for name, (path, _, analysis) in zip(names, studies, strict=True):
@@ -692,13 +888,18 @@ def write_comparison(
                 _esc(path),
                 _esc(f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"),
                 f"{int(analysis.winners['steps'].notna().sum())} of {len(analysis.batch_sizes)}",
-                "-" if fit is None else f"{_number(fit.s_min)} {_interval(fit.s_min_interval)}",
                 "-"
                 if fit is None
-                else f"{_number(fit.b_crit)} {_interval(fit.b_crit_interval, fit.b_crit_bounds)}",
-                "-" if fit is None else _number(fit.e_min),
-                _number(regimes.perfect_until),
-                _number(regimes.maximal_from),
+                else f"{format_number(fit.s_min)} {format_interval(fit.s_min_interval)}",
+                "-"
+                if fit is None
+                else (
+                    f"{format_number(fit.b_crit)} "
+                    f"{format_interval(fit.b_crit_interval, fit.b_crit_bounds)}"
+                ),
+                "-" if fit is None else format_number(fit.e_min),
+                format_number(regimes.perfect_until),
+                format_number(regimes.maximal_from),
                 str(len(analysis.warnings)),
             ]
         )

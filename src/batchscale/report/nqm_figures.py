@@ -12,6 +12,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from batchscale.analysis.nqm import NQMPrediction
+from batchscale.report.figures import REFERENCE_COLOR
 
 
 def plot_nqm_prediction(
@@ -27,6 +28,7 @@ def plot_nqm_prediction(
     ``measured`` (batch size -> steps to result, e.g. a study on the ``nqm`` workload) is
     overlaid as points.
     """
+    drawn_reference = False
     for prediction in predictions:
         pairs = [
             (p.batch_size, float(p.steps_to_result))
@@ -43,6 +45,17 @@ def plot_nqm_prediction(
         # Perfect scaling: the smallest batch size's examples, spread over larger batches.
         ideal = [steps[0] * sizes[0] / size for size in sizes]
         ax.plot(sizes, ideal, linestyle=":", color=line.get_color(), linewidth=1)
+        drawn_reference = True
+    if drawn_reference:
+        # One entry in a neutral colour stands for every curve's own dotted line.
+        ax.plot(
+            [],
+            [],
+            linestyle=":",
+            color=REFERENCE_COLOR,
+            linewidth=1,
+            label="perfect scaling (dotted, in each curve's colour)",
+        )
     if measured:
         sizes = sorted(measured)
         ax.plot(
