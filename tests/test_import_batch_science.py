@@ -441,3 +441,6 @@ def test_command_line_import_and_bad_source(
     assert store.read_bytes() == before
     assert main(["import-batch-science", str(tmp_path / "nowhere"), "--store", "x.sqlite"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    # A folder given as the store, even with --force, is refused before anything is read.
+    assert main([*args, "--store", str(tmp_path), "--force"]) == 2
+    assert "is a folder, not a study file" in capsys.readouterr().err

@@ -716,6 +716,7 @@ def import_batch_science_command(
     """Import one workload of the paper's released data (Shallue et al. 2019) into a study."""
     from batchscale.importers import import_batch_science
 
+    check_store_path(store, "--store")
     statuses = [part.strip().upper() for part in include_statuses.split(",") if part.strip()]
     summary = import_batch_science(
         source,
