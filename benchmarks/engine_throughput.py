@@ -237,7 +237,7 @@ def main() -> None:
         reference_rates = {int(key): rate for key, rate in rates.items()}
         baseline = max(reference_rates.values())
         # On a GPU the thread count does not apply, so there is no one-thread column.
-        one = f"{reference_rates[1]:.0f}" if 1 in reference_rates else "-"
+        one = f"{reference_rates[1]:.0f}" if device.type == "cpu" else "-"
         print(
             f"{batch_size:>6} {one:>16} {reference_rates[default_threads]:>16.0f} "
             f"{cohort_rate:>10.0f} {cohort_rate / baseline:>6.2f}x  {describe(plan)}"

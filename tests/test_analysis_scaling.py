@@ -107,7 +107,7 @@ def test_an_interval_wider_than_the_searched_range_is_not_given() -> None:
     assert fit.interval_method == "least-squares covariance"
     assert fit.b_crit_interval is None and fit.e_min_interval is None
     assert fit.s_min_interval is not None
-    assert "B_crit = 0.04524, E_min" in fit.describe()
+    assert "B_crit = 0.0452 (no interval), E_min" in fit.describe()
 
 
 def test_a_goal_met_before_training_is_not_fitted() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batchscale import Study, StudyConfig
-from batchscale.cli import _format_params, describe_fit, main
+from batchscale.cli import _format_params, main
 from batchscale.study import Progress
 from batchscale.training.trial import TrialResult
 
@@ -358,8 +358,10 @@ def test_show_prints_the_curve_at_every_goal_asked_for(
     for goal, entry in goals.items():
         row = rows[f"< {goal:g}"]
         assert f"{entry['reached']} of 3" in row
-        assert ("censored" in row) == entry["censored"]
+        assert ("not measurable" in row) == entry["censored"]
     assert "the study's goal" in rows["< 1"]
+    # Trials stopped at the hardest of the study's goals (0.9), not at its goal.
+    assert "not measurable: trials stop at < 0.9" in rows["< 0.8"]
 
 
 def test_show_says_an_interrupted_study_is_incomplete(
@@ -452,9 +454,23 @@ def test_noise_scale_at_a_batch_size_the_study_lacks(
     )
 
 
+def test_noise_scale_on_a_study_with_no_finished_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchscale import Study, StudyConfig
+
+    from .conftest import TINY_NQM
+
+    store = tmp_path / "empty.sqlite"
+    Study(StudyConfig(**TINY_NQM), store).open_store().close()
+    code, out, err = run_cli(["noise-scale", "--study", str(store), "--batch-size", "4"], capsys)
+    assert code == 2 and not out
+    assert err == f"error: the study {store} has no finished trials yet; run it first\n"
+
+
 def test_fit_intervals_read_as_the_report_writes_them() -> None:
     from batchscale.analysis.scaling import ScalingFit
-    from batchscale.report.html import format_interval, format_number
+    from batchscale.formatting import format_interval, format_number
 
     sizes = (16.0, 64.0, 512.0)
     fit = ScalingFit(
@@ -464,7 +480,7 @@ def test_fit_intervals_read_as_the_report_writes_them() -> None:
         b_crit_interval=(0.016, 331_700.0), e_min_interval=None,
     )  # fmt: skip
     # Searched in [0.016, 512,000]: the low end is at its edge, the high end is not.
-    line = describe_fit(fit)
+    line = fit.describe()
     # The report's own helpers (their digits may change; the CLI must follow them).
     interval = format_interval(fit.b_crit_interval, fit.b_crit_bounds)
     assert f"B_crit = {format_number(4.2)} {interval}," in line
@@ -477,13 +493,33 @@ def test_show_s_fit_line_agrees_with_the_report(
     tiny_store: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from batchscale.analysis import analyze_store
-    from batchscale.report.html import format_number
+    from batchscale.formatting import format_number
 
     fit = analyze_store(tiny_store).fit
     assert fit is not None
     out = run_cli(["show", str(tiny_store)], capsys)[1]
     assert f"fit S(B) = S_min (1 + B_crit / B): S_min = {format_number(fit.s_min)}" in out
+    # The whole line, brackets and all: rich would read "[unbounded, 48.9]" as a style tag.
+    assert fit.describe() in out.splitlines()
     assert "(95% none)" not in out
+
+
+def test_an_unbounded_interval_is_printed_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchscale.analysis import analyze_store
+
+    store = tmp_path / "full.sqlite"
+    code, out, _ = run_cli(["run", *TINY, "--mode", "full", "--store", str(store), "--no-report"],
+                           capsys)  # fmt: skip
+    assert code == 0
+    fit = analyze_store(store).fit
+    assert fit is not None
+    line = fit.describe()
+    # Rich would read "[unbounded, ...]" as a style tag and print nothing of it.
+    assert "[unbounded" in line
+    assert line in out.splitlines()
+    assert line in run_cli(["show", str(store)], capsys)[1].splitlines()
 
 
 def test_fewer_trials_than_stored_is_said_once(
@@ -510,6 +546,12 @@ def test_resuming_without_batch_sizes_keeps_the_store_s(
     assert f"note: resuming {tiny_store} at its batch sizes 4, 16, 64" in out
     shown = json.loads(run_cli(["show", str(tiny_store), "--json"], capsys)[1])
     assert [row["batch_size"] for row in shown["batch_sizes"]] == [4, 16, 64]
+    # At the batch sizes that would run anyway, resuming says nothing.
+    default = [*args, "--step-budget", "5", "--trials", "1"]
+    store = tiny_store.with_name("default-sizes.sqlite")
+    assert run_cli(["run", *default, "--store", str(store), "--no-report"], capsys)[0] == 0
+    code, out, _ = run_cli(["run", *default, "--store", str(store), "--no-report"], capsys)
+    assert code == 0 and "note:" not in out
     # A store of another study: its one-line error alone, no note about resuming it.
     other = [a if a != "momentum" else "sgd" for a in args]
     code, out, err = run_cli(["run", *other, "--store", str(tiny_store)], capsys)

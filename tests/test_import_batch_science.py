@@ -329,6 +329,8 @@ def test_the_metric_s_range_follows_its_name_and_is_stored(archive: Path, tmp_pa
     assert metric_range("average_precision") == (0.0, 1.0)
     assert metric_range("cross_entropy_error") == (0.0, math.inf)  # the paper's LM goal, 3.9
     assert metric_range("perplexity") == (1.0, math.inf)
+    assert metric_range("mean_squared_error") == (0.0, math.inf)
+    assert metric_range("top_5_error_rate") == (0.0, 1.0)
     assert metric_range("bleu") == (-math.inf, math.inf)
     for goal in PAPER_GOALS.values():
         low, high = metric_range(goal.column.removeprefix("val/"))

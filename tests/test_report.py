@@ -369,11 +369,12 @@ def test_normalised_comparison_draws_perfect_scaling_from_each_curve_s_start() -
 
 
 def test_table_numbers_never_round_onto_a_whole_number() -> None:
-    from batchscale.report.html import format_number
+    from batchscale.formatting import format_number
 
     assert format_number(0.9996) == "0.9996"  # a momentum, not 1
+    assert format_number(1.9996) == "1.9996"  # not the top of a range [0.001, 2]
     assert format_number(0.123456) == "0.123" and format_number(1500.3) == "1,500"
-    assert format_number(3.0) == "3"
+    assert format_number(3.0) == "3" and format_number(999.96) == "1,000"
     assert format_number(None) == "-"
 
 
@@ -574,16 +575,17 @@ def test_noise_scale_figure_is_labelled_and_keeps_its_legend_off_the_data() -> N
 
 
 def test_numbers_compared_with_a_goal_never_print_as_the_goal() -> None:
-    from batchscale.report.html import _column, format_number
+    from batchscale.formatting import column_cells, format_number
 
     assert format_number(0.29975, distinct_from=[0.3]) not in ("0.3", "0.300")
     assert float(format_number(0.29975, distinct_from=[0.3])) < 0.3
     # One precision per column: 15.0 beside 12.0 and 2.08, not 15.004 beside 11.98.
-    assert _column([15.004, 11.98, 2.08]) == ["15.0", "12.0", "2.08"]
-    # A column grows its digits together where one value would read as the goal.
-    assert _column([0.29975, 0.2812], distinct_from=[0.3]) == ["0.2998", "0.2812"]
-    assert _column([0.9996, 0.9]) == ["0.9996", "0.9000"]
-    assert _column([None, 3.0, 1500.3]) == ["-", "3", "1,500"]
+    assert column_cells([15.004, 11.98, 2.08]) == ["15.0", "12.0", "2.08"]
+    # A value that would read as the goal, or as 1, gets the digits it needs, alone.
+    assert column_cells([0.29975, 0.2812], distinct_from=[0.3]) == ["0.2998", "0.281"]
+    assert column_cells([0.9996, 0.9]) == ["0.9996", "0.900"]
+    assert column_cells([1.0000004, 0.5]) == ["1.0000004", "0.500"]
+    assert column_cells([None, 3.0, 1500.3, 999.96]) == ["-", "3", "1,500", "1,000"]
 
 
 def test_summary_table_fits_the_page(synthetic_report: Path) -> None:
@@ -617,12 +619,13 @@ def test_trial_outcome_panels_above_empty_ones_show_their_ticks(
     with figures.paper_style():
         figure = figures.trial_outcomes_figure(eight, subset, space)
         FigureCanvasAgg(figure).draw()
-    panels = {ax.get_title(): ax for ax in figure.axes if ax.get_visible()}
-    for title in ("B = 256", "B = 512", "B = 8192"):
-        if title in panels:
-            ax = panels[title]
-            assert any(t.get_text() for t in ax.get_xticklabels()), title
-            assert ax.get_xlabel() == "Learning rate"
+    panels = [ax for ax in figure.axes if ax.get_visible()]
+    assert len(panels) == 8
+    # Rows of five: the fourth and fifth panels have no panel below them any more.
+    assert [ax.get_title() for ax in panels[3:5]] == ["B = 64", "B = 128"]
+    for ax in panels[3:5]:
+        assert any(t.get_text() for t in ax.get_xticklabels()), ax.get_title()
+        assert ax.get_xlabel() == "Learning rate"
 
 
 def test_a_log_value_axis_labels_a_tick_below_its_lowest_point() -> None:

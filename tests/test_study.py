@@ -101,6 +101,8 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
         ('[search_space.learning_rat]\nscale = "log"\nlow = 0.01\nhigh = 1.0',
          "unknown dimension 'learning_rat'; the trials read learning_rate"),
         ('batch_sizes = "16,,32"', "batch sizes '16,,32' have an empty entry"),
+        ('[search_space.learning_rate]\nname = "x"\nscale = "log"\nlow = 0.01\nhigh = 1.0',
+         "dimension 'learning_rate' has an unknown key 'name'"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_dimension_or_entry_at_fault(

@@ -24,9 +24,10 @@ from rich.progress import (
 from rich.progress import Progress as RichProgress
 from rich.table import Table
 
-from batchscale.analysis.analyze import StudyAnalysis
-from batchscale.analysis.scaling import ScalingFit
+from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
+from batchscale.analysis.goals import stop_goal
 from batchscale.config import ConfigError, StudyConfig, build_config, parse_batch_sizes
+from batchscale.formatting import format_number
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
 from batchscale.training.trial import TrialResult
@@ -44,7 +45,9 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Measure steps to result against batch size, tuning every batch size separately.",
 )
-console = Console()
+# No markup: printed text holds brackets of its own (intervals, "[min, max]", paths), which rich
+# would read as style tags and drop.
+console = Console(markup=False)
 DEFAULT_STORE = Path("studies/default.sqlite")
 # Output that is not a terminal (a log file, a pipe) is read later or by programs: rich would
 # otherwise wrap it to 80 columns and cut table cells short ("metapara…").
@@ -295,7 +298,8 @@ def run(
     finally:
         progress.stop()
     print_summary(summary, console)
-    print_analysis(analyze(store, None))
+    stored = StoredStudy.read(store)
+    print_analysis(stored, analyze(stored, None))
     console.print(f"study stored in {store}")
     if report:
         from batchscale.report import write_report
@@ -320,12 +324,15 @@ def resume_settings(settings: StudyConfig, store: Path) -> tuple[StudyConfig, li
         opened.close()
     # Re-running to resume must not quietly train the default batch sizes the store lacks;
     # batch sizes are not part of the study's identity, so this changes nothing else.
+    stored_sizes = tuple(sorted(planned))
     if "batch_sizes" not in settings.model_fields_set and planned:
-        settings = settings.model_copy(update={"batch_sizes": tuple(sorted(planned))})
-        notes.append(
-            f"note: resuming {store} at its batch sizes {_join(planned)} "
-            "(give --batch-sizes to add others)"
-        )
+        if stored_sizes != settings.batch_sizes:
+            # Said only where it differs from what would otherwise run.
+            notes.append(
+                f"note: resuming {store} at its batch sizes {_join(stored_sizes)} "
+                "(give --batch-sizes to add others)"
+            )
+        settings = settings.model_copy(update={"batch_sizes": stored_sizes})
     most = max((counts.get(b, 0) for b in settings.batch_sizes), default=0)
     if most > settings.trials:
         notes.append(
@@ -408,67 +415,33 @@ def check_goals(meta: dict[str, Any], goals: list[float] | None) -> None:
             )
 
 
-def analyze(store: Path, goals: list[float] | None) -> StudyAnalysis | None:
+def analyze(study: StoredStudy, goals: list[float] | None) -> StudyAnalysis | None:
     """The stored study's analysis, as ``show --json`` and the report compute it (the same
     bootstrap, so the same intervals); ``None`` while nothing is measured."""
-    from batchscale.analysis import analyze_store
-
     try:
-        return analyze_store(store, goals)
+        return study.analyze(goals)
     except ValueError:
         return None  # nothing measured yet: the summary table already says so
 
 
-def print_analysis(analysis: StudyAnalysis | None) -> None:
+def print_analysis(study: StoredStudy, analysis: StudyAnalysis | None) -> None:
     """The fit, the regimes, the curve at every goal and every design warning."""
     if analysis is None:
         return
     if analysis.fit is not None:
-        console.print(describe_fit(analysis.fit), highlight=False)
+        console.print(analysis.fit.describe(), highlight=False)
     console.print(analysis.regimes.describe())
-    print_goals(analysis, console)
+    stop = stop_goal(
+        study.meta, study.measurements, analysis.metric, analysis.target, analysis.maximize
+    )
+    print_goals(analysis, stop, console)
     for warning in analysis.warnings:
         console.print(f"warning: {warning.message}", style="yellow", highlight=False)
 
 
-def describe_fit(fit: ScalingFit) -> str:
-    """One line: S_min, B_crit and E_min with their intervals, written as the report writes
-    them (its helpers): an end of B_crit's interval at the edge of the range B_crit is searched
-    in reads ``unbounded``."""
-    from batchscale.report.html import format_interval, format_number
-
-    def quantity(
-        name: str,
-        value: float,
-        interval: tuple[float, float] | None,
-        bounds: tuple[float, float] | None = None,
-    ) -> str:
-        if interval is None:
-            # Where the other quantities have one, say so, as the report's "no interval".
-            return f"{name} = {format_number(value)}" + (
-                " (no interval)" if fit.interval_method != "none" else ""
-            )
-        return f"{name} = {format_number(value)} {format_interval(interval, bounds)}"
-
-    parts = [
-        quantity("S_min", fit.s_min, fit.s_min_interval),
-        quantity("B_crit", fit.b_crit, fit.b_crit_interval, fit.b_crit_bounds),
-        quantity("E_min", fit.e_min, fit.e_min_interval),
-    ]
-    if fit.interval_method == "none":
-        how = (
-            "no intervals: two batch sizes fit exactly, or B_crit sits at the edge of the range "
-            "it was searched in"
-        )
-    else:
-        how = f"{round(fit.confidence * 100)}% intervals, {fit.interval_method}"
-    return f"fit S(B) = S_min (1 + B_crit / B): {', '.join(parts)} ({how})"
-
-
-def print_goals(analysis: StudyAnalysis, out: Console) -> None:
-    """The curve recomputed at every goal (what ``show --json`` lists as ``goals``)."""
-    from batchscale.report.html import format_number
-
+def print_goals(analysis: StudyAnalysis, stop: float | None, out: Console) -> None:
+    """The curve recomputed at every goal (what ``show --json`` lists as ``goals``), with the
+    report's notes; ``stop`` is the goal trials stopped at."""
     sign = ">" if analysis.maximize else "<"
     table = Table(title="steps to result at each goal, from the same trials")
     for column in ("goal", "batch sizes reaching it", "S_min", "B_crit", "note"):
@@ -477,22 +450,20 @@ def print_goals(analysis: StudyAnalysis, out: Console) -> None:
         reaching = [
             int(b) for b, s in zip(curve.batch_sizes, curve.steps, strict=True) if math.isfinite(s)
         ]
-        if curve.chosen:
-            note = "the study's goal"
-        elif curve.censored:
-            note = "censored: not measurable, trials stop at the study's goal"
-        elif curve.fit is None:
-            note = "no fit: reached at fewer than two batch sizes"
-        else:
-            note = ""
+        notes = curve.notes(analysis.target, analysis.maximize, stop)
+        if curve.fit is None and not curve.censored:
+            notes.append("no fit: reached at fewer than two batch sizes")
+        b_crit = "-" if curve.fit is None else format_number(curve.fit.b_crit)
+        if curve.exact_fit:
+            b_crit += " (2 points: exact fit)"
         table.add_row(
             f"{sign} {curve.goal:g}",
             f"{curve.reached} of {len(curve.batch_sizes)}"
             + (f" ({_join(reaching)})" if reaching and not curve.censored else ""),
             "-" if curve.fit is None else format_number(curve.fit.s_min),
             # No interval: the JSON and the report give none per goal (least squares only).
-            "-" if curve.fit is None else format_number(curve.fit.b_crit),
-            note,
+            b_crit,
+            "; ".join(notes),
         )
     out.print(table)
 
@@ -542,11 +513,11 @@ def show(
     try:
         check_goals(opened.metadata, goal_list)
         summary = summarize(opened, opened.metadata["metric"])
-        meta = opened.metadata
+        study = StoredStudy.read(opened)
     finally:
         opened.close()
     # One analysis for both forms, so the table and the JSON cannot disagree.
-    analysis = analyze(store, goal_list)
+    analysis = analyze(study, goal_list)
     if as_json:
         extra = (
             analysis.json_summary()
@@ -556,10 +527,10 @@ def show(
         typer.echo(json.dumps({**summary.as_dict(), **extra}, indent=2))
     else:
         print_summary(summary, console)
-        note = incomplete_note(meta, summary)
+        note = incomplete_note(study.meta, summary)
         if note:
             console.print(note, style="yellow", highlight=False)
-        print_analysis(analysis)
+        print_analysis(study, analysis)
 
 
 @app.command("report")
@@ -897,6 +868,8 @@ def noise_scale(
             measured = sorted({b for b, _ in opened.finished_trials()})
         finally:
             opened.close()
+        if not measured:
+            raise UserError(f"the study {study} has no finished trials yet; run it first")
         if batch_size not in measured:
             raise UserError(
                 f"batch size {batch_size} is not in the study {study}; its batch sizes are "
@@ -978,7 +951,7 @@ def main(argv: list[str] | None = None) -> int:
     # Decided per call, not at import: the same process may print to a terminal and a pipe.
     # An explicit COLUMNS still wins, as rich reads it.
     piped = not console.is_terminal and "COLUMNS" not in os.environ
-    console = Console(width=PIPED_WIDTH if piped else None)
+    console = Console(width=PIPED_WIDTH if piped else None, markup=False)
     interrupted = (
         "error: interrupted; finished trials are stored, run the same command again to resume"
     )

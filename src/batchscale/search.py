@@ -167,6 +167,11 @@ class SearchSpace(BaseModel):
         for name, body in spec.items():
             if not isinstance(body, dict):
                 raise ValueError(f"dimension '{name}' must be a table of {_DIMENSION_KEYS}")
+            if "name" in body:
+                # The table's own name is the dimension's: a second one is a mistake.
+                raise ValueError(
+                    f"dimension '{name}' has an unknown key 'name'; it takes {_DIMENSION_KEYS}"
+                )
             try:
                 dimensions.append(Dimension(name=name, **body))
             except ValidationError as error:

@@ -36,6 +36,7 @@ from batchscale.analysis.goals import (
     goal_curves,
     neighbouring_goals,
     steps_at_goals,
+    stop_goal,
     stops_at_goal,
 )
 from batchscale.analysis.scaling import (
@@ -104,6 +105,7 @@ __all__ = [
     "step_budgets",
     "steps_at_goals",
     "steps_to_result",
+    "stop_goal",
     "stopped_within_budget",
     "stops_at_goal",
     "store_search_space",

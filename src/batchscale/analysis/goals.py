@@ -84,6 +84,23 @@ class GoalCurve:
         """Number of batch sizes where some trial reached this goal."""
         return int(np.isfinite(np.asarray(self.steps, dtype=float)).sum())
 
+    @property
+    def exact_fit(self) -> bool:
+        """Whether the fit passes through two batch sizes: two parameters fit two points
+        exactly whatever the curve's shape, so its B_crit says nothing of the fit's quality."""
+        return self.fit is not None and len(self.fit.batch_sizes) < 3
+
+    def notes(self, target: float, maximize: bool, stop: float | None) -> list[str]:
+        """What a goals table says beside this curve: whether it is the study's goal, and
+        whether it cannot be measured because trials stopped at ``stop`` (see ``stop_goal``)."""
+        notes = ["the study's goal"] if self.chosen else []
+        if self.censored:
+            if stop is None or stop == target:
+                notes.append("not measurable: trials stop at the study's goal")
+            else:
+                notes.append(f"not measurable: trials stop at {'>' if maximize else '<'} {stop:g}")
+        return notes
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
         return {
@@ -136,3 +153,19 @@ def goal_curves(
             )
         )
     return curves
+
+
+def stop_goal(
+    meta: dict[str, Any], measurements: pd.DataFrame, metric: str, target: float, maximize: bool
+) -> float | None:
+    """The goal a stored study's trials stopped at, or ``None`` where they ran their budget.
+
+    The store's metadata (``meta``) says so (``stop_target``: the hardest of the study's goals,
+    ``None`` under an epoch budget); older and imported stores do not, and then trials count as
+    stopped at ``target`` where most trials that reached it end there.
+    """
+    if "stop_target" in meta:
+        return None if meta["stop_target"] is None else float(meta["stop_target"])
+    if (meta.get("budget") or {}).get("epochs") is not None:
+        return None
+    return target if stops_at_goal(measurements, metric, target, maximize) else None

@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy import optimize, special, stats
 
 from batchscale.analysis.steps_to_result import first_hit_steps, steps_to_result
+from batchscale.formatting import format_interval, format_number
 
 # How far beyond the measured batch sizes B_crit may move, as a factor on each side: beyond
 # it the curve is indistinguishable from pure 1/B (or from flat) over the measured range.
@@ -76,17 +77,36 @@ class ScalingFit:
         return np.asarray(self.s_min * (1.0 + self.b_crit / sizes), dtype=float)
 
     def describe(self) -> str:
-        """One line: the fitted S_min, B_crit and E_min with their intervals."""
+        """One line: S_min, B_crit and E_min with their intervals, written as the report writes
+        them: an end of B_crit's interval at the edge of the range B_crit is searched in reads
+        ``unbounded``."""
 
-        def interval(pair: tuple[float, float] | None) -> str:
-            return "" if pair is None else f" [{pair[0]:.4g}, {pair[1]:.4g}]"
+        def quantity(
+            name: str,
+            value: float,
+            interval: tuple[float, float] | None,
+            bounds: tuple[float, float] | None = None,
+        ) -> str:
+            if interval is None:
+                # Where the other quantities have one, say so, as the report's "no interval".
+                return f"{name} = {format_number(value)}" + (
+                    " (no interval)" if self.interval_method != "none" else ""
+                )
+            return f"{name} = {format_number(value)} {format_interval(interval, bounds)}"
 
-        return (
-            f"fit S(B) = S_min (1 + B_crit / B): S_min = {self.s_min:.4g}"
-            f"{interval(self.s_min_interval)}, B_crit = {self.b_crit:.4g}"
-            f"{interval(self.b_crit_interval)}, E_min = {self.e_min:.4g}"
-            f"{interval(self.e_min_interval)} ({self.confidence:.0%} {self.interval_method})"
-        )
+        parts = [
+            quantity("S_min", self.s_min, self.s_min_interval),
+            quantity("B_crit", self.b_crit, self.b_crit_interval, self.b_crit_bounds),
+            quantity("E_min", self.e_min, self.e_min_interval),
+        ]
+        if self.interval_method == "none":
+            how = (
+                "no intervals: two batch sizes fit exactly, or B_crit sits at the edge of the "
+                "range it was searched in"
+            )
+        else:
+            how = f"{round(self.confidence * 100)}% intervals, {self.interval_method}"
+        return f"fit S(B) = S_min (1 + B_crit / B): {', '.join(parts)} ({how})"
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form (what ``show --json`` prints as ``fit``)."""

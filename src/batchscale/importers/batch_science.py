@@ -79,15 +79,17 @@ _MAXIMIZED = ("accuracy", "precision", "recall", "auc")
 
 
 def metric_range(name: str) -> tuple[float, float]:
-    """The values a metric can take, as far as its name tells: perplexities from 1 up, losses
-    and entropies from 0 up (the paper's ``cross_entropy_error`` among them), other errors
-    and the rates of ``_MAXIMIZED`` in [0, 1]; any other name, anything finite."""
+    """The values a metric can take, as far as its name tells: rates (error rates, accuracies,
+    precisions, recalls, AUCs) in [0, 1], perplexities from 1 up, losses, entropies and other
+    errors (the paper's ``cross_entropy_error``, a ``mean_squared_error``) from 0 up; any other
+    name, anything finite."""
+    rate = ("classification_error", "error_rate", *_MAXIMIZED)
+    if any(word in name for word in rate) and "entropy" not in name:
+        return 0.0, 1.0
     if "perplexity" in name:
         return 1.0, math.inf
-    if "loss" in name or "entropy" in name:
+    if any(word in name for word in ("loss", "entropy", "error")):
         return 0.0, math.inf
-    if any(word in name for word in ("error", *_MAXIMIZED)):
-        return 0.0, 1.0
     return -math.inf, math.inf
 
 

@@ -105,7 +105,7 @@ def format_batch_axis(ax: Axes, max_labels: int = 12) -> None:
     ax.xaxis.set_minor_locator(NullLocator())
 
 
-def format_number(value: float) -> str:
+def figure_number(value: float) -> str:
     """A compact label: ``321``, ``0.0452``, or mathtext ``1.52\\times10^{4}`` far from 1."""
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
@@ -270,11 +270,11 @@ def plot_steps_to_result(
             color=FIT_COLOR,
             linewidth=1.2,
             label=(
-                f"fit: $S_{{min}}$={format_number(fit.s_min)}, "
-                f"$B_{{crit}}$={format_number(fit.b_crit)}"
+                f"fit: $S_{{min}}$={figure_number(fit.s_min)}, "
+                f"$B_{{crit}}$={figure_number(fit.b_crit)}"
                 if not examples
-                else f"fit: $E_{{min}}$={format_number(fit.e_min)}, "
-                f"$B_{{crit}}$={format_number(fit.b_crit)}"
+                else f"fit: $E_{{min}}$={figure_number(fit.e_min)}, "
+                f"$B_{{crit}}$={figure_number(fit.b_crit)}"
             ),
             zorder=2,
         )

@@ -26,9 +26,10 @@ from matplotlib.figure import Figure
 from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
 from batchscale.analysis.budgets import step_budgets, stopped_within_budget
 from batchscale.analysis.cost import DataParallelCost
-from batchscale.analysis.goals import stops_at_goal
+from batchscale.analysis.goals import stop_goal
 from batchscale.analysis.scaling import ScalingFit
 from batchscale.analysis.winners import OUTCOMES, winner_metaparameters
+from batchscale.formatting import column_cells, format_interval, format_number
 from batchscale.report import extras, figures
 from batchscale.search import SearchSpace
 
@@ -62,78 +63,6 @@ def _template(name: str) -> str:
 
 def _esc(value: Any) -> str:
     return html.escape(str(value), quote=True)
-
-
-def _rounds_onto(text: str, number: float, distinct_from: Collection[float]) -> bool:
-    """Whether ``text`` reads as 1 (or -1), or as a goal in ``distinct_from``, though
-    ``number`` is not that value."""
-    shown = float(text)
-    if shown == number:
-        return False
-    return abs(shown) == 1.0 or any(shown == float(goal) for goal in distinct_from)
-
-
-def format_number(value: Any, digits: int = 3, distinct_from: Collection[float] = ()) -> str:
-    """A table cell: ``-`` when missing, counts exact, other numbers to ``digits`` digits.
-
-    More digits where the rounded text would read as 1 or as one of ``distinct_from`` (the
-    goals a value is compared with) though the value is not: a momentum of 0.9996 must not
-    read as 1, nor an error of 0.29975 that beat the goal 0.3 as the goal itself.
-    """
-    if value is None or pd.isna(value):
-        return "-"
-    number = float(value)
-    if number.is_integer():
-        return f"{int(number):,}"
-    if abs(number) >= 1000:
-        # Three significant digits, written out: 15,000 reads faster than 1.5e+04.
-        return f"{float(f'{number:.{digits}g}'):,.0f}"
-    text = f"{number:.{digits}g}"
-    while _rounds_onto(text, number, distinct_from) and digits < 12:
-        digits += 1
-        text = f"{number:.{digits}g}"
-    return text
-
-
-def _column(
-    values: Sequence[Any], digits: int = 3, distinct_from: Collection[float] = ()
-) -> list[str]:
-    """One table column's cells, every fractional value to the same significant digits.
-
-    Trailing zeros are kept (15.0 beside 11.9 and 2.08), so a column reads at one precision;
-    the digits grow for the whole column where any value would read as 1 or as one of
-    ``distinct_from`` (see ``format_number``). Missing values, counts and values of 1000 or more
-    are written as ``format_number`` writes them.
-    """
-
-    def fractional(value: Any) -> bool:
-        if value is None or pd.isna(value):
-            return False
-        number = float(value)
-        return not number.is_integer() and abs(number) < 1000
-
-    shown = [float(v) for v in values if fractional(v)]
-    while digits < 12 and any(_rounds_onto(f"{v:#.{digits}g}", v, distinct_from) for v in shown):
-        digits += 1
-    return [
-        f"{float(v):#.{digits}g}".rstrip(".")
-        if fractional(v)
-        else format_number(v, digits, distinct_from)
-        for v in values
-    ]
-
-
-def format_interval(
-    interval: tuple[float, float] | None, bounds: tuple[float, float] | None = None
-) -> str:
-    """``[low, high]``; an end at the fit's bound for B_crit reads as unbounded."""
-    if interval is None:
-        return ""
-    low, high = format_number(interval[0]), format_number(interval[1])
-    if bounds is not None:
-        low = "unbounded" if interval[0] <= bounds[0] * 1.01 else low
-        high = "unbounded" if interval[1] >= bounds[1] / 1.01 else high
-    return f"[{low}, {high}]"
 
 
 def _table(
@@ -293,7 +222,7 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
     goals = _goals(analysis)
     # Each column at one precision; values compared with a goal never print as the goal.
     columns = {
-        name: _column(
+        name: column_cells(
             list(winners[name]) if name in winners.columns else [None] * len(winners),
             distinct_from=goals if name in ("validation", "test") else (),
         )
@@ -354,18 +283,9 @@ def _goals_html(analysis: StudyAnalysis, stop: float | None = None) -> str:
     rows = []
     exact = False
     for curve in analysis.goal_curves:
-        notes = []
-        if curve.chosen:
-            notes.append("the study's goal")
-        if curve.censored:
-            if stop is None or stop == analysis.target:
-                notes.append("not measurable: trials stop at the study's goal")
-            else:
-                notes.append(f"not measurable: trials stop at {sign} {stop:g}")
+        notes = curve.notes(analysis.target, analysis.maximize, stop)
         b_crit = "-" if curve.fit is None else format_number(curve.fit.b_crit)
-        if curve.fit is not None and len(curve.fit.batch_sizes) < 3:
-            # Two parameters through two points: the curve passes through both whatever its
-            # shape, so B_crit says nothing of how well the model describes the data.
+        if curve.exact_fit:
             exact = True
             b_crit += " (2 points: exact fit)"
         rows.append(
@@ -558,7 +478,7 @@ def _budgets_html(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
         return "<h2>Fixed step and fixed epoch budgets</h2>" + explanation
     epochs = budget["epochs"]
     best = analysis.best_under_examples
-    values = _column(list(best["value"]), distinct_from=_goals(analysis))
+    values = column_cells(list(best["value"]), distinct_from=_goals(analysis))
     rows = [
         [str(b), value, str(row["trial_id"]), str(row["step"])]
         for value, (b, row) in zip(values, best.iterrows(), strict=True)
@@ -577,23 +497,6 @@ def _budgets_html(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
 def _step_time_device(meta: dict[str, Any]) -> str:
     devices = {entry["device"] for entry in (meta.get("step_times") or {}).values()}
     return ", ".join(sorted(devices)) or "the study's device"
-
-
-def stop_goal(
-    meta: dict[str, Any], analysis: StudyAnalysis, measurements: pd.DataFrame
-) -> float | None:
-    """The goal trials stopped at, or ``None`` where they ran their budget.
-
-    The store says so (``stop_target``: the hardest of the study's goals, ``None`` under an
-    epoch budget); older and imported stores do not, and then trials count as stopped at the
-    goal where most trials that reached it end there.
-    """
-    if "stop_target" in meta:
-        return None if meta["stop_target"] is None else float(meta["stop_target"])
-    if (meta.get("budget") or {}).get("epochs") is not None:
-        return None
-    stops = stops_at_goal(measurements, analysis.metric, analysis.target, analysis.maximize)
-    return analysis.target if stops else None
 
 
 def _stop_sentence(analysis: StudyAnalysis, meta: dict[str, Any], stop: float | None) -> str:
@@ -668,7 +571,7 @@ def study_figures(
         grouped = measurements[analysis.metric].groupby(level=["batch_size", "trial_id"])
         best_values = grouped.max() if analysis.maximize else grouped.min()
     goal = f"{_sign(analysis.maximize)} {analysis.target:g}"
-    stop = stop_goal(meta, analysis, measurements)
+    stop = stop_goal(meta, measurements, analysis.metric, analysis.target, analysis.maximize)
     budgets = step_budgets(
         measurements, trials["step_budget"] if "step_budget" in trials.columns else None
     )
@@ -760,6 +663,7 @@ def write_report(
     meta, measurements, trials = study.meta, study.measurements, study.trials
     search_space = study.search_space
     rendered = study_figures(analysis, measurements, trials, out, search_space, meta)
+    stop = stop_goal(meta, measurements, analysis.metric, analysis.target, analysis.maximize)
     cost = DataParallelCost(
         devices=devices,
         parameters=int(meta.get("parameters", 0)),
@@ -790,7 +694,7 @@ def write_report(
             "".join(_figure_html(r) for r in rendered),
             more,
             "<h2>Goals</h2>",
-            _goals_html(analysis, stop_goal(meta, analysis, measurements)),
+            _goals_html(analysis, stop),
             "<h2>Study settings</h2>",
             _settings_html(meta, Path(store_path)),
             "<h2>Software</h2>",
