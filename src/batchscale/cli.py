@@ -32,6 +32,7 @@ from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
 from batchscale.training.trial import TrialResult
 from batchscale.workloads import DataUnavailableError, get_workload, workload_names
+from batchscale.workloads.base import check_in_range
 
 try:  # recent typer releases vendor click
     from typer._click import exceptions as click_errors
@@ -408,11 +409,10 @@ def check_goals(meta: dict[str, Any], goals: list[float] | None) -> None:
         low = -math.inf if stored_low is None else stored_low
         high = math.inf if stored_high is None else stored_high
     for goal in goals:
-        if not (math.isfinite(goal) and low <= goal <= high):
-            raise UserError(
-                f"goal {goal} is outside the range of {meta['metric']} [{low:g}, {high:g}]; "
-                "choose a goal inside it"
-            )
+        try:
+            check_in_range(goal, meta["metric"], low, high, "goal")
+        except ValueError as error:
+            raise UserError(str(error)) from None
 
 
 def analyze(study: StoredStudy, goals: list[float] | None) -> StudyAnalysis | None:

@@ -43,7 +43,7 @@ from batchscale.config import ConfigError
 from batchscale.search import Dimension, Scale, SearchSpace
 from batchscale.store import StoreError, StudyStore
 from batchscale.training.trial import Status, TrialResult, TrialSpec
-from batchscale.workloads.base import Optimizer
+from batchscale.workloads.base import Optimizer, check_in_range
 
 STATUSES = ("COMPLETE", "INCOMPLETE", "INFEASIBLE")
 SPECIAL_GROUPS = ("mnist_subsets", "imagenet_subsets", "solution_quality")
@@ -540,12 +540,10 @@ def _goal(
         assert default is not None
         target = default.target
     name = column.removeprefix("val/")
-    low, high = metric_range(name)
-    if not (math.isfinite(target) and low <= target <= high):
-        raise BatchScienceError(
-            f"target {target:g} is outside the range of {name} [{low:g}, {high:g}]; "
-            "choose a --target inside it"
-        )
+    try:
+        check_in_range(target, name, *metric_range(name), "target")
+    except ValueError as error:
+        raise BatchScienceError(str(error)) from None
     if maximize is None and same:
         assert default is not None
         maximize = default.maximize

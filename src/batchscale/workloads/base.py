@@ -63,11 +63,17 @@ class Metric:
 
     def check_target(self, target: float, what: str = "target") -> None:
         """Raise ``ValueError`` when ``target`` (a ``what``) lies outside the metric's range."""
-        if not self.contains(target):
-            raise ValueError(
-                f"{what} {target} is outside the range of {self.name} "
-                f"[{self.low:g}, {self.high:g}]; choose a goal inside it"
-            )
+        check_in_range(target, self.name, self.low, self.high, what)
+
+
+def check_in_range(value: float, metric: str, low: float, high: float, what: str) -> None:
+    """Raise ``ValueError`` unless ``value`` (a ``what``: target, goal) is finite and within
+    ``metric``'s range [``low``, ``high``]."""
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(
+            f"{what} {value} is outside the range of {metric} [{low:g}, {high:g}]; "
+            "choose a goal inside it"
+        )
 
 
 CLASSIFICATION_ERROR = Metric("classification_error", classification_error, "minimize", 0.0, 1.0)
