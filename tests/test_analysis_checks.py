@@ -18,6 +18,7 @@ from batchscale.analysis import (
     late_winner_warnings,
 )
 from batchscale.search import SearchSpace, choice, loguniform, reverse_loguniform, uniform
+from tests.tables import measurements_table, trials_table
 
 SPACE = SearchSpace(
     dimensions=(
@@ -169,12 +170,8 @@ def test_design_checks_on_measurements() -> None:
             hit = 100 * (trial + 1) * 64 // size
             rows += [(size, trial, 1, 0.9), (size, trial, hit, 0.05)]
             trials.append((size, trial, 9.9 if trial == 0 else 0.1, hit * 1.05))
-    measurements = pd.DataFrame(
-        rows, columns=["batch_size", "trial_id", "step", "val/error"]
-    ).set_index(["batch_size", "trial_id", "step"])
-    table = pd.DataFrame(
-        trials, columns=["batch_size", "trial_id", "learning_rate", "step_budget"]
-    ).set_index(["batch_size", "trial_id"])
+    measurements = measurements_table(rows)
+    table = trials_table(trials, ["learning_rate", "step_budget"])
     space = SearchSpace(dimensions=(loguniform("learning_rate", 1e-3, 10.0),))
     found = design_checks(measurements, table, "val/error", 0.1, search_space=space)
     checks = sorted(w.check for w in found)

@@ -29,6 +29,7 @@ from batchscale.analysis import (
 )
 from batchscale.analysis.analyze import StoredStudy
 from tests.synthetic_study import B_CRIT, S_MIN, TARGET
+from tests.tables import measurements_table, trials_table
 
 
 def frame(rows: list[tuple[int, int, int, float, float]]) -> pd.DataFrame:
@@ -226,17 +227,15 @@ def test_analyze_handles_imported_data_without_budgets_or_search_space() -> None
         for trial in range(3):
             hit = int(100 * (1 + 64 / size)) * (trial + 1)
             rows += [(size, trial, 0, 0.9), (size, trial, hit, 0.2), (size, trial, 2 * hit, 0.1)]
-    measurements = pd.DataFrame(
-        rows, columns=["batch_size", "trial_id", "step", "val/classification_error"]
-    ).set_index(["batch_size", "trial_id", "step"])
-    trials = pd.DataFrame(
+    measurements = measurements_table(rows, "val/classification_error")
+    trials = trials_table(
         [
             (s, t, "INCOMPLETE" if t == 2 else "COMPLETE", 0.1 * (t + 1))
             for s in (32, 64, 128, 256)
             for t in range(3)
         ],
-        columns=["batch_size", "trial_id", "status", "learning_rate"],
-    ).set_index(["batch_size", "trial_id"])
+        ["status", "learning_rate"],
+    )
     analysis = analyze(measurements, trials, "val/classification_error", 0.25, bootstrap_samples=0)
     assert analysis.fit is not None
     assert analysis.fit.b_crit == pytest.approx(64.0, rel=1e-3)
@@ -258,12 +257,8 @@ def test_a_neighbouring_goal_the_untrained_model_meets_gets_no_fit() -> None:
             hit = 10 * (1 + 32 // size) + trial
             rows += [(size, trial, 0, 0.5), (size, trial, hit, 0.3), (size, trial, 400, 0.2)]
             trials.append((size, trial, "COMPLETE", 0.1))
-    measurements = pd.DataFrame(
-        rows, columns=["batch_size", "trial_id", "step", "val/error"]
-    ).set_index(["batch_size", "trial_id", "step"])
-    table = pd.DataFrame(
-        trials, columns=["batch_size", "trial_id", "status", "learning_rate"]
-    ).set_index(["batch_size", "trial_id"])
+    measurements = measurements_table(rows)
+    table = trials_table(trials, ["status", "learning_rate"])
     analysis = analyze(measurements, table, "val/error", 0.48, bootstrap_samples=20)
     easier, chosen, _ = analysis.goal_curves
     assert easier.goal == pytest.approx(0.528) and easier.steps == (0.0, 0.0, 0.0, 0.0)

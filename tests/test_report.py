@@ -21,6 +21,7 @@ from batchscale.analysis import analyze_store, fit_steps_to_result, regimes, sto
 from batchscale.report import figures, write_comparison, write_report
 from batchscale.store import StudyStore
 from tests.synthetic_study import build_synthetic_store
+from tests.tables import measurements_table
 
 FIGURES = (
     "steps_to_result",
@@ -457,9 +458,7 @@ def _hand_made_study(stopped: bool) -> tuple[object, pd.DataFrame]:
 
     rows = [(16, 0, s, e) for s, e in ((0, 0.9), (100, 0.5), (300, 0.26))]
     rows += [(64, 0, s, e) for s, e in ((0, 0.9), (100, 0.6), (250, 0.4))]
-    measurements = pd.DataFrame(
-        rows, columns=["batch_size", "trial_id", "step", "val/error"]
-    ).set_index(["batch_size", "trial_id", "step"])
+    measurements = measurements_table(rows)
     trials = pd.DataFrame(
         {
             "status": ["COMPLETE", "COMPLETE"],
