@@ -384,9 +384,13 @@ def test_show_says_an_interrupted_study_is_incomplete(
         "incomplete: 5 of 12 trials stored (4 per batch size planned; 16 has 1; 64 has none); "
         "run the same command again to resume"
     ) in out
+    shown = json.loads(run_cli(["show", str(store), "--json"], capsys)[1])
+    assert shown["incomplete"] == {"planned": 4, "stored": 5, "total": 12,
+                                   "short": {"16": 1, "64": 0}}  # fmt: skip
     code, out, _ = run_cli(["run", *TINY, "--store", str(store), "--no-report"], capsys)
     assert code == 0
     assert "incomplete" not in run_cli(["show", str(store)], capsys)[1]
+    assert json.loads(run_cli(["show", str(store), "--json"], capsys)[1])["incomplete"] is None
 
 
 def test_a_report_folder_that_is_a_file_is_refused_before_training(

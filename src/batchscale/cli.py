@@ -468,32 +468,39 @@ def print_goals(analysis: StudyAnalysis, stop: float | None, out: Console) -> No
     out.print(table)
 
 
-def incomplete_note(meta: dict[str, Any], summary: StudySummary) -> str | None:
-    """A line naming the batch sizes with fewer trials than the last ``run`` planned (it was
-    interrupted), or ``None`` for a finished study or one without stored settings."""
+def unfinished_trials(meta: dict[str, Any], summary: StudySummary) -> dict[str, Any] | None:
+    """How far an interrupted study got: ``planned`` trials per batch size, ``stored`` and
+    ``total`` trials, and ``short`` (batch size -> trials stored) for the batch sizes with fewer
+    than the last ``run`` planned; ``None`` for a finished study or one without stored settings.
+    """
     config = meta.get("config")
     if not config:
         return None  # an imported study: nothing was planned here
     planned = int(config.get("trials", 0))
-    stored = {row.batch_size: row.trials for row in summary.batch_sizes}
-    short = {
-        int(b): min(stored.get(int(b), 0), planned)
-        for b in config.get("batch_sizes", [])
-        if stored.get(int(b), 0) < planned
-    }
+    sizes = [int(b) for b in config.get("batch_sizes", [])]
+    stored = {row.batch_size: min(row.trials, planned) for row in summary.batch_sizes}
+    short = {b: stored.get(b, 0) for b in sizes if stored.get(b, 0) < planned}
     if not short:
         return None
-    total = planned * len(config["batch_sizes"])
-    done = sum(min(stored.get(int(b), 0), planned) for b in config["batch_sizes"])
+    return {
+        "planned": planned,
+        "stored": sum(stored.get(b, 0) for b in sizes),
+        "total": planned * len(sizes),
+        "short": short,
+    }
+
+
+def incomplete_note(unfinished: dict[str, Any]) -> str:
+    """``unfinished_trials`` in one line, with how to resume."""
+    short: dict[int, int] = unfinished["short"]
     none = [b for b, count in short.items() if count == 0]
-    few = [f"{b} has {count}" for b, count in short.items() if count]
-    details = [
-        *few,
-        *([f"{_join(none)} {'have' if len(none) > 1 else 'has'} none"] if none else []),
-    ]
+    details = [f"{b} has {count}" for b, count in short.items() if count]
+    if none:
+        details.append(f"{_join(none)} {'have' if len(none) > 1 else 'has'} none")
     return (
-        f"incomplete: {done} of {total} trials stored ({planned} per batch size planned; "
-        f"{'; '.join(details)}); run the same command again to resume"
+        f"incomplete: {unfinished['stored']} of {unfinished['total']} trials stored "
+        f"({unfinished['planned']} per batch size planned; {'; '.join(details)}); "
+        "run the same command again to resume"
     )
 
 
@@ -518,18 +525,18 @@ def show(
         opened.close()
     # One analysis for both forms, so the table and the JSON cannot disagree.
     analysis = analyze(study, goal_list)
+    unfinished = unfinished_trials(study.meta, summary)
     if as_json:
         extra = (
             analysis.json_summary()
             if analysis is not None
             else {"fit": None, "regimes": None, "goals": [], "warnings": []}
         )
-        typer.echo(json.dumps({**summary.as_dict(), **extra}, indent=2))
+        typer.echo(json.dumps({**summary.as_dict(), **extra, "incomplete": unfinished}, indent=2))
     else:
         print_summary(summary, console)
-        note = incomplete_note(study.meta, summary)
-        if note:
-            console.print(note, style="yellow", highlight=False)
+        if unfinished is not None:
+            console.print(incomplete_note(unfinished), style="yellow", highlight=False)
         print_analysis(study, analysis)
 
 
