@@ -1,19 +1,22 @@
 """Trial-steps per second of the cohort engine against the reference loop, and the FLOP/s ceiling.
 
-Trains K trials of ``mnist1d-mlp`` (Nesterov) at each batch size with both engines and prints
-trial-steps per second (training only: evaluation is excluded through each trial's
-``train_time``), the ratio, and what the cohort engine chose (kernels, trials per kernel call,
-micro-batch, threads, or the reference fallback). The reference loop is timed with one thread
-and with the process's default, and the faster is the baseline.
+Trains K trials of a workload (``mnist1d-mlp`` by default, Nesterov) at each batch size with
+both engines and prints trial-steps per second (training only: evaluation is excluded through
+each trial's ``train_time``), the ratio, and what the cohort engine chose (kernels, trials per
+kernel call, micro-batch, threads, or the reference fallback). The reference loop is timed
+with one thread and with the process's default, and the faster is the baseline.
 
 Then the machine's matrix-multiply FLOP/s, measured in the same run, and the fraction of it
-the cohort engine reaches at the largest batch size (counting the matrix multiplies of the
-forward and backward passes). On a shared host whose cores come and go, the ceiling is also
-timed beside each repeat at the largest batch size, and the fraction is given against the
-highest ceiling seen anywhere in the run (the cautious figure) and per repeat (the same spell
-of the host for both).
+the cohort engine reaches at the largest batch size (counting the matrix multiplies and
+convolutions of the forward and backward passes, as ``torch.utils.flop_counter`` does). On a
+shared host whose cores come and go, the ceiling is also timed beside each repeat at the
+largest batch size, and the fraction is given against the highest ceiling seen anywhere in
+the run (the cautious figure) and per repeat (the same spell of the host for both). The
+ceiling is float32's; on CUDA, cuDNN runs convolutions on TF32 tensor cores by default
+(PyTorch's setting), so a convolutional model can pass it.
 
     python benchmarks/engine_throughput.py [--trials 16] [--batch-sizes 16,128,1024] [--device cpu]
+        [--workload mnist1d-mlp] [--data-dir DIR]
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from batchscale import Study, StudyConfig
 from batchscale.training.cohort import CohortPlan, plan_cohort
 from batchscale.training.engine import Engine, run_cohort
 from batchscale.training.reference import intra_op_threads, train_reference
 from batchscale.training.trial import TrialResult
+from batchscale.workloads.base import Data
 
 # Learning rates low enough that no trial diverges within the measured steps.
 SEARCH_SPACE = {
@@ -46,6 +50,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--trials", type=int, default=16, help="K, trials per cohort")
     parser.add_argument("--batch-sizes", default="16,128,1024")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--workload", default="mnist1d-mlp", help="see `batchscale workloads`")
+    parser.add_argument("--data-dir", help="where a real data set's files are (never downloads)")
     parser.add_argument(
         "--seconds", type=float, default=4.0, help="approximate training time per measurement"
     )
@@ -60,27 +66,31 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def make_study(batch_size: int, trials: int, steps: int, device: str) -> Study:
+def make_study(args: argparse.Namespace, batch_size: int, trials: int, steps: int) -> Study:
     """A study whose trials train ``steps`` steps without reaching the (unreachable) goal."""
     config = StudyConfig(
-        workload="mnist1d-mlp",
+        workload=args.workload,
+        data_dir=args.data_dir,
         optimizer="nesterov",
         batch_sizes=(batch_size,),
         trials=trials,
         step_budget=steps,
         target=0.0,
         search_space=SEARCH_SPACE,
-        device="cpu" if device == "cpu" else "cuda",
+        device="cpu" if args.device == "cpu" else "cuda",
     )
     return Study(config, Path("unused.sqlite"))
 
 
 def trial_steps_per_second(
-    engine: Engine, study: Study, batch_size: int, trials: int, plan: CohortPlan | None
+    engine: Engine,
+    study: Study,
+    data: Data,
+    batch_size: int,
+    trials: int,
+    plan: CohortPlan | None,
 ) -> float:
     """Training throughput of ``engine`` on the first ``trials`` trials of ``study``."""
-    device = torch.device(study.config.device)
-    data = study.workload.data().to(device)
     specs = study.trial_specs(batch_size)[:trials]
     results: list[TrialResult] = []
     steps = [0, specs[0].step_budget]
@@ -111,15 +121,13 @@ def steps_for(seconds: float, trial_steps_per_second: float, trials: int) -> int
     return max(10, int(seconds * trial_steps_per_second / trials))
 
 
-def mlp_matmul_flops(model: nn.Module, batch_size: int) -> int:
-    """Matrix-multiply FLOPs of one training step: forward, weight and input gradients.
-
-    The first layer's input gradient is not computed (nothing before it needs it).
-    """
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    per_example = sum(2 * m.in_features * m.out_features for m in linears)
-    skipped = 2 * linears[0].in_features * linears[0].out_features
-    return batch_size * (3 * per_example - skipped)
+def training_step_flops(study: Study, batch_size: int, data: Data) -> int:
+    """FLOPs of one model's training step: matrix multiplies and convolutions, both passes."""
+    model = study.workload.make_model().to(data.train.inputs.device)
+    inputs, targets = next(study.workload.batches(0, batch_size, data))
+    with FlopCounterMode(display=False) as counter:
+        study.workload.loss(model(inputs), targets).backward()
+    return int(counter.get_total_flops())
 
 
 def matmul_flops_per_second(size: int, threads: int, device: torch.device) -> float:
@@ -160,8 +168,8 @@ def sweep(args: argparse.Namespace, batch_sizes: list[int]) -> None:
     print("\ntrial-steps per second against trials per kernel call (engine's threads)")
     print(f"{'batch':>6} " + " ".join(f"{c:>8}" for c in counts))
     for batch_size in batch_sizes:
-        probe = make_study(batch_size, args.trials, 20, args.device)
-        data = probe.workload.data().to(torch.device(args.device))
+        probe = make_study(args, batch_size, args.trials, 20)
+        data = probe.workload.data().to(args.device)
         plan = plan_cohort(probe.workload, data, probe.trial_specs(batch_size))
         if plan is None:
             print(f"{batch_size:>6}  (the engine falls back to the reference loop)")
@@ -169,10 +177,11 @@ def sweep(args: argparse.Namespace, batch_sizes: list[int]) -> None:
         rates = []
         for count in counts:
             chunked = replace(plan, chunk_trials=count)
-            rough = trial_steps_per_second("cohort", probe, batch_size, args.trials, chunked)
+            rough = trial_steps_per_second("cohort", probe, data, batch_size, args.trials, chunked)
             steps = steps_for(args.seconds / 2, rough, args.trials)
-            study = make_study(batch_size, args.trials, steps, args.device)
-            rates.append(trial_steps_per_second("cohort", study, batch_size, args.trials, chunked))
+            study = make_study(args, batch_size, args.trials, steps)
+            rate = trial_steps_per_second("cohort", study, data, batch_size, args.trials, chunked)
+            rates.append(rate)
         print(f"{batch_size:>6} " + " ".join(f"{rate:>8.0f}" for rate in rates))
 
 
@@ -186,7 +195,7 @@ def main() -> None:
         f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"threads by default, torch {torch.__version__}, device {device}"
     )
-    print(f"workload mnist1d-mlp, nesterov, K = {args.trials} trials\n")
+    print(f"workload {args.workload}, nesterov, K = {args.trials} trials\n")
     header = (
         f"{'batch':>6} {'reference 1 thr':>16} {f'reference {default_threads} thr':>16} "
         f"{'cohort':>10} {'ratio':>7}  cohort plan"
@@ -195,24 +204,26 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     largest: tuple[int, float, CohortPlan | None] | None = None
+    data: Data | None = None
     # (cohort rate, 2-thread ceiling) of each repeat at the latest batch size.
     paired: list[tuple[float, float]] = []
     for batch_size in batch_sizes:
-        probe = make_study(batch_size, args.trials, 20, args.device)
-        data = probe.workload.data().to(device)
+        probe = make_study(args, batch_size, args.trials, 20)
+        # Read once: every study of the run has the same data.
+        data = data or probe.workload.data().to(device)
         plan = plan_cohort(probe.workload, data, probe.trial_specs(batch_size))
         engine: Engine = "cohort" if plan is not None else "reference"
         thread_options = [1, default_threads] if device.type == "cpu" else [default_threads]
         runs: dict[int | str, tuple[Study, int, int | None]] = {}
         for threads in dict.fromkeys(thread_options):
             with intra_op_threads(threads):
-                rough = trial_steps_per_second("reference", probe, batch_size, 1, None)
+                rough = trial_steps_per_second("reference", probe, data, batch_size, 1, None)
             steps = steps_for(args.seconds / args.repeats, rough, 2)
-            runs[threads] = (make_study(batch_size, args.trials, steps, args.device), 2, threads)
-        rough = trial_steps_per_second(engine, probe, batch_size, args.trials, plan)
+            runs[threads] = (make_study(args, batch_size, args.trials, steps), 2, threads)
+        rough = trial_steps_per_second(engine, probe, data, batch_size, args.trials, plan)
         steps = steps_for(args.seconds / args.repeats, rough, args.trials)
         runs["cohort"] = (
-            make_study(batch_size, args.trials, steps, args.device),
+            make_study(args, batch_size, args.trials, steps),
             args.trials,
             None,
         )
@@ -226,6 +237,7 @@ def main() -> None:
                     rate = trial_steps_per_second(
                         engine if key == "cohort" else "reference",
                         study,
+                        data,
                         batch_size,
                         trials,
                         plan if key == "cohort" else None,
@@ -249,8 +261,9 @@ def main() -> None:
 
     assert largest is not None
     batch_size, cohort_rate, plan = largest
-    model = probe.workload.make_model()
-    flops = mlp_matmul_flops(model, batch_size) * cohort_rate
+    assert data is not None
+    flops_per_step = training_step_flops(probe, batch_size, data)
+    flops = flops_per_step * cohort_rate
     print("\nmatrix-multiply ceiling (float32, square matrices, best of 5)")
     thread_options = [1, default_threads] if device.type == "cpu" else [default_threads]
     peaks = {}
@@ -258,13 +271,13 @@ def main() -> None:
         peaks[threads] = max(matmul_flops_per_second(n, threads, device) for n in (512, 1024, 2048))
         print(f"  {threads} thread(s): {peaks[threads] / 1e9:8.1f} GFLOP/s")
     machine = max([*peaks.values(), *(ceiling for _, ceiling in paired)])
-    flops_per_step = mlp_matmul_flops(model, batch_size)
     same_spell = max(rate * flops_per_step / ceiling for rate, ceiling in paired)
     cores = default_threads
     if plan is not None and plan.threads is not None:
         cores = min(default_threads, plan.threads * max(plan.workers, 1))
+    engine_name = "cohort engine" if plan is not None else "cohort engine (its reference fallback)"
     print(
-        f"cohort engine at batch size {batch_size}: {flops / 1e9:.1f} GFLOP/s = "
+        f"{engine_name} at batch size {batch_size}: {flops / 1e9:.1f} GFLOP/s = "
         f"{flops / machine:.0%} of the highest ceiling of the run, {machine / 1e9:.1f} GFLOP/s "
         f"({flops / peaks.get(cores, machine):.0%} of the final {cores}-thread figure, the "
         f"cores it used); {same_spell:.0%} at best against the ceiling timed beside the same "

@@ -33,8 +33,8 @@ from batchscale.training.engine import Engine, first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps
 from batchscale.training.reference import initialised_model, intra_op_threads
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
-from batchscale.workloads import OPTIMIZERS, CustomWorkload, Optimizer, Workload
-from batchscale.workloads.base import EpochSampler
+from batchscale.workloads import OPTIMIZERS, CustomWorkload, Optimizer, Workload, get_workload
+from batchscale.workloads.base import Data, EpochSampler
 
 
 @dataclass(frozen=True)
@@ -476,6 +476,31 @@ def test_sampler_blocks_are_the_same_batches_as_one_at_a_time() -> None:
     expected = torch.stack([one.next_indices() for _ in range(23)])
     got = torch.cat([block.next_block(5), block.next_block(0), block.next_block(18)])
     assert torch.equal(got, expected)
+
+
+@pytest.mark.parametrize("engine", ["cohort", "reference"])
+def test_engines_draw_batches_from_the_data_given_without_loading_the_workload_s_own(
+    engine: Engine,
+) -> None:
+    # A workload handed its data must not read its own files again: for a real data set that
+    # took seconds, inside the first trial's timed steps.
+    study = _study("mnist1d-mlp", "nesterov")
+    specs = study.trial_specs(CASES["mnist1d-mlp"].batch_size)[:2]
+    data = study.workload.data()
+    fresh = get_workload("mnist1d-mlp")
+
+    def refuse() -> Data:
+        raise AssertionError("the workload loaded its own data")
+
+    fresh.load_data = refuse  # type: ignore[method-assign]
+    plan = plan_cohort(fresh, data, specs, check_speed=False) if engine == "cohort" else None
+    results: list[TrialResult] = []
+    run_cohort(
+        engine, fresh, data, specs, _rules("mnist1d-mlp"), [0, 3], False, None, results.append, plan
+    )
+    assert sorted(r.steps for r in results) == [3, 3]
+    inputs, _ = next(fresh.batches(specs[0].data_seed, 5, data))
+    assert all((data.train.inputs == row).all(1).any() for row in inputs)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to tell one from many")

@@ -520,7 +520,7 @@ class IndexedBatches(BatchSource):
     def __init__(
         self, workload: Workload, specs: list[TrialSpec], batch_size: int, train: Split
     ) -> None:
-        self.samplers = [workload.train_sampler(s.data_seed, batch_size) for s in specs]
+        self.samplers = [workload.train_sampler(s.data_seed, batch_size, train) for s in specs]
         self.batch_size = batch_size
         self.train = train
 

@@ -273,13 +273,13 @@ class Workload(ABC):
         """Per-example loss recorded at evaluation (no label smoothing)."""
         return cross_entropy_per_example(outputs, targets)
 
-    def train_sampler(self, seed: int, batch_size: int) -> EpochSampler:
-        """The trial's source of training batch indices."""
-        return EpochSampler(len(self.data().train), batch_size, seed)
+    def train_sampler(self, seed: int, batch_size: int, train: Split) -> EpochSampler:
+        """The trial's source of indices into ``train``, the training split it draws from."""
+        return EpochSampler(len(train), batch_size, seed)
 
     def batches(self, seed: int, batch_size: int, data: Data) -> Iterator[tuple[Tensor, Tensor]]:
         """An endless stream of training batches for one trial, from ``data`` on its device."""
-        sampler = self.train_sampler(seed, batch_size)
+        sampler = self.train_sampler(seed, batch_size, data.train)
         device = data.train.inputs.device
         while True:
             indices = sampler.next_indices().to(device)
