@@ -162,14 +162,13 @@ def describe(plan: CohortPlan | None) -> str:
     )
 
 
-def sweep(args: argparse.Namespace, batch_sizes: list[int]) -> None:
+def sweep(args: argparse.Namespace, batch_sizes: list[int], data: Data) -> None:
     """Trial-steps per second against trials per kernel call (the basis of CPU_CHUNK_ROWS)."""
     counts = [1 << i for i in range(args.trials.bit_length()) if 1 << i <= args.trials]
     print("\ntrial-steps per second against trials per kernel call (engine's threads)")
     print(f"{'batch':>6} " + " ".join(f"{c:>8}" for c in counts))
     for batch_size in batch_sizes:
         probe = make_study(args, batch_size, args.trials, 20)
-        data = probe.workload.data().to(args.device)
         plan = plan_cohort(probe.workload, data, probe.trial_specs(batch_size))
         if plan is None:
             print(f"{batch_size:>6}  (the engine falls back to the reference loop)")
@@ -256,12 +255,11 @@ def main() -> None:
         )
         largest = (batch_size, cohort_rate, plan)
 
+    assert largest is not None and data is not None
     if args.sweep:
-        sweep(args, batch_sizes)
+        sweep(args, batch_sizes, data)
 
-    assert largest is not None
     batch_size, cohort_rate, plan = largest
-    assert data is not None
     flops_per_step = training_step_flops(probe, batch_size, data)
     flops = flops_per_step * cohort_rate
     print("\nmatrix-multiply ceiling (float32, square matrices, best of 5)")
