@@ -418,6 +418,23 @@ def test_a_log_value_axis_shows_two_or_more_distinct_labels(low: float, high: fl
     assert len(set(shown)) == len(shown), shown
 
 
+def test_a_log_step_axis_reads_in_plain_numbers_not_powers_of_ten() -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    ax.plot([1, 3041], [0.9, 0.3])
+    figures.format_step_axis(ax)
+    FigureCanvasAgg(figure).draw()
+    left, right = ax.get_xlim()
+    shown = [
+        tick.label1.get_text()
+        for tick in ax.xaxis.get_major_ticks()
+        if tick.label1.get_visible() and left <= tick.get_loc() <= right
+    ]
+    assert ax.get_xscale() == "log"
+    assert shown == ["1", "10", "100", "1,000"]
+    assert not any(label.get_text() for label in ax.xaxis.get_minorticklabels())
+
+
 def test_legends_below_narrow_figures_wrap_rather_than_run_off_the_edge(
     trained_store: Path,
 ) -> None:

@@ -24,6 +24,7 @@ from batchscale.report.figures import (
     FIT_COLOR,
     REFERENCE_COLOR,
     format_batch_axis,
+    format_step_axis,
     format_value_axis,
 )
 
@@ -204,7 +205,7 @@ def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
         if points:
             left.plot([max(p["step"], 1) for p in points], [p["b_simple"] for p in points],
                       label=f"B = {size}")  # fmt: skip
-    left.set_xscale("log")
+    format_step_axis(left)
     left.set_yscale("log")
     format_value_axis(left)
     left.set_xlabel("Step")

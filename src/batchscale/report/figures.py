@@ -159,6 +159,17 @@ def format_value_axis(ax: Axes) -> None:
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
+def format_step_axis(ax: Axes) -> None:
+    """A log step x axis labelled in plain numbers (``1``, ``10``, ``1,000``), not powers of ten.
+
+    Steps are counts that readers compare with the tables' steps to result.
+    """
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(_plain))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _labelled_tick(value: float, steps: Sequence[float], *, down: bool) -> float:
     """The nearest value of the form s * 10^k (s in ``steps``) at or below (or above) ``value``."""
     exponent = math.floor(math.log10(value))
@@ -495,7 +506,7 @@ def plot_validation_curves(
     if stop_goal is not None and stop_goal != target:
         ax.axhline(stop_goal, color=REFERENCE_COLOR, linestyle=":", linewidth=1.2, label=stop_label)
     if every:  # a log axis needs a point past step 0 (winners at step 0 have none)
-        ax.set_xscale("log")
+        format_step_axis(ax)
     finite = np.asarray([v for v in every if math.isfinite(v) and v > 0])
     if len(finite) and finite.max() / max(finite.min(), 1e-300) > 10:
         ax.set_yscale("log")
@@ -508,7 +519,8 @@ def plot_validation_curves(
         bar.set_label("Batch size")
         bar.ax.yaxis.set_major_locator(LogLocator(base=2, numticks=30))
         bar.ax.yaxis.set_major_formatter(FuncFormatter(_power_of_two))
-        bar.ax.yaxis.set_minor_formatter(NullFormatter())
+        # Tick marks at 20, 30, ... between the powers of two would read as batch sizes.
+        bar.minorticks_off()
 
 
 def plot_best_metric(
