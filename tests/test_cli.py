@@ -562,6 +562,31 @@ def test_resuming_without_batch_sizes_keeps_the_store_s(
     assert code == 2 and "holds a different study" in err and "note" not in out
 
 
+def test_a_bare_resume_carries_on_the_stored_study_with_its_settings(
+    tiny_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def trials_per_batch_size() -> dict[int, int]:
+        shown = json.loads(run_cli(["show", str(tiny_store), "--json"], capsys)[1])
+        return {row["batch_size"]: row["trials"] for row in shown["batch_sizes"]}
+
+    assert trials_per_batch_size() == {4: 4, 16: 4, 64: 4}
+    code, out, err = run_cli(["run", "--store", str(tiny_store), "--no-report"], capsys)
+    assert code == 0 and "error" not in err
+    [note] = [line for line in out.splitlines() if "with its settings" in line]
+    for setting in ("workload=nqm", "optimizer=momentum", "target=1", "step_budget=120",
+                    "engine=reference", "trials=4"):  # fmt: skip
+        assert setting in note, note
+    assert "batch sizes 4, 16, 64" in out
+    # Nothing trained: the stored study was already complete at its own settings.
+    assert trials_per_batch_size() == {4: 4, 16: 4, 64: 4}
+    # A flag given wins over what is stored.
+    code, out, err = run_cli(
+        ["run", "--store", str(tiny_store), "--no-report", "--trials", "5"], capsys
+    )
+    assert code == 0 and "error" not in err and "trials=" not in out
+    assert trials_per_batch_size() == {4: 5, 16: 5, 64: 5}
+
+
 def test_nqm_target_above_the_initial_loss_is_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

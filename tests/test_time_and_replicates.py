@@ -1,9 +1,12 @@
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from batchscale import Study, StudyConfig, load_study
 from batchscale.analysis.cost import (
@@ -14,6 +17,7 @@ from batchscale.analysis.cost import (
 )
 from batchscale.cli import main
 from batchscale.report import write_report
+from batchscale.store import StudyStore
 from batchscale.training.timing import measure_step_time
 from batchscale.workloads import get_workload
 
@@ -53,6 +57,53 @@ def test_measured_step_time_grows_with_batch_size() -> None:
     assert small.low <= small.median <= small.high
     assert large.median > small.median
     assert small.device == "cpu"
+
+
+def test_step_time_on_a_cpu_runs_on_one_thread_like_every_trial(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    workload = get_workload("nqm")
+    data = workload.data()
+    batches = workload.batches
+    threads_seen: set[int] = set()
+
+    def watched(*args: Any) -> Iterator[Any]:
+        for batch in batches(*args):
+            threads_seen.add(torch.get_num_threads())
+            yield batch
+
+    monkeypatch.setattr(workload, "batches", watched)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        timed = measure_step_time(workload, data, 8, "sgd", repeats=2, min_seconds=0.005)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
+    assert threads_seen == {1}
+    assert timed.threads == 1 and timed.as_dict()["threads"] == 1
+
+
+def test_a_step_time_taken_on_all_threads_is_measured_again_on_resume(tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite"
+    config = StudyConfig(**{**TINY_NQM, "batch_sizes": (8, 16)})
+    Study(config, store).run()
+    opened = StudyStore.open(store)
+    try:
+        times = opened.metadata["step_times"]
+        assert {entry["threads"] for entry in times.values()} == {1}
+        # As a store written before step times ran on one thread holds them.
+        old = {size: {**entry, "median": 9.0} for size, entry in times.items()}
+        for entry in old.values():
+            del entry["threads"]
+        old["16"]["threads"] = 1
+        opened.set_metadata("step_times", old)
+    finally:
+        opened.close()
+    summary = Study(config, store).run()
+    steps = {row.batch_size: row.step_time for row in summary.batch_sizes}
+    assert steps[8] is not None and steps[8] < 9.0
+    assert steps[16] == 9.0  # already on one thread: kept
 
 
 def test_study_stores_step_times_and_replicates(tmp_path: Path) -> None:

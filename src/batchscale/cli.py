@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import pandas as pd
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -309,38 +310,91 @@ def run(
         console.print(f"report written to {page}")
 
 
+# Settings of a stored study that a resume takes from it where they are not given; a group is
+# taken whole or not at all (a given step budget rules out the stored epoch budget).
+RESUMED_SETTINGS = (
+    ("workload",),
+    ("optimizer",),
+    ("target", "goals"),
+    ("step_budget", "epoch_budget"),
+    ("train_size",),
+    ("width",),
+    ("data_dir",),
+    ("search_space",),
+    ("seed",),
+    ("mode",),
+    ("engine",),
+    ("eval_growth",),
+    ("divergence_factor",),
+    ("noise_scale",),
+)
+
+
 def resume_settings(settings: StudyConfig, store: Path) -> tuple[StudyConfig, list[str]]:
-    """``settings`` for resuming ``store`` (its batch sizes unless they were given), and notes
-    that say so or that it already holds more trials per batch size than asked for."""
+    """``settings`` for resuming ``store``, and notes that say what was taken from it.
+
+    What is not given (by a flag or ``--config``) is the stored study's: its batch sizes, its
+    trials per batch size and the settings of its last run (not where it ran: device and
+    executor), so that a bare ``run --store FILE`` carries on the study in it.
+    """
     notes: list[str] = []
     if not store.is_file():
         return settings, notes
     opened = StudyStore.open(store, read_only=True)
     try:
-        planned = [int(b) for b in opened.metadata.get("batch_sizes", [])]
+        metadata = opened.metadata
         counts: dict[int, int] = {}
         for batch_size, _ in opened.finished_trials():
             counts[batch_size] = counts.get(batch_size, 0) + 1
     finally:
         opened.close()
-    # Re-running to resume must not quietly train the default batch sizes the store lacks;
-    # batch sizes are not part of the study's identity, so this changes nothing else.
-    stored_sizes = tuple(sorted(planned))
-    if "batch_sizes" not in settings.model_fields_set and planned:
-        if stored_sizes != settings.batch_sizes:
-            # Said only where it differs from what would otherwise run.
-            notes.append(
-                f"note: resuming {store} at its batch sizes {_join(stored_sizes)} "
-                "(give --batch-sizes to add others)"
-            )
-        settings = settings.model_copy(update={"batch_sizes": stored_sizes})
-    most = max((counts.get(b, 0) for b in settings.batch_sizes), default=0)
-    if most > settings.trials:
+    given = settings.model_fields_set
+    stored_config = metadata.get("config") or {}
+    taken: dict[str, Any] = {}
+    for group in RESUMED_SETTINGS:
+        if not given & set(group) and all(key in stored_config for key in group):
+            taken.update({key: stored_config[key] for key in group})
+    if "trials" not in given and metadata.get("trials"):
+        taken["trials"] = int(metadata["trials"])
+    # Re-running to resume must not quietly train the default batch sizes the store lacks.
+    planned = tuple(sorted(int(b) for b in metadata.get("batch_sizes", [])))
+    if "batch_sizes" not in given and planned:
+        taken["batch_sizes"] = planned
+    try:
+        resumed = StudyConfig(**{**settings.model_dump(exclude_unset=True), **taken})
+    except ValidationError as error:
+        raise ConfigError(
+            f"the settings stored in {store} are not valid here ({error.errors()[0]['msg']}); "
+            "give them as flags or use another --store"
+        ) from None
+    changed = [key for key in taken if getattr(resumed, key) != getattr(settings, key)]
+    if "batch_sizes" in changed:
+        # Said only where it differs from what would otherwise run.
+        notes.append(
+            f"note: resuming {store} at its batch sizes {_join(planned)} "
+            "(give --batch-sizes to add others)"
+        )
+    others = [key for key in changed if key != "batch_sizes"]
+    if others:
+        shown = ", ".join(f"{key}={_setting(getattr(resumed, key))}" for key in others)
+        notes.append(
+            f"note: resuming {store} with its settings {shown} (give a flag to change one)"
+        )
+    most = max((counts.get(b, 0) for b in resumed.batch_sizes), default=0)
+    if most > resumed.trials:
         notes.append(
             f"note: {store} already holds up to {most} trials per batch size, more than the "
-            f"{settings.trials} asked for; every stored trial is used"
+            f"{resumed.trials} asked for; every stored trial is used"
         )
-    return settings, notes
+    return resumed, notes
+
+
+def _setting(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in value)
+    if isinstance(value, dict):
+        return "(as stored)"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _join(numbers: list[int] | tuple[int, ...]) -> str:

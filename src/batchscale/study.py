@@ -440,9 +440,15 @@ class Study:
                 store.set_metadata(key, kept)
 
     def _record_step_time(self, store: StudyStore, data: Data, batch_size: int) -> None:
-        """Measure one model's step time at ``batch_size`` once per study and device."""
+        """Measure one model's step time at ``batch_size`` once per study and device.
+
+        A time taken otherwise (on all of a CPU's threads, as before they were measured on
+        one) is measured again.
+        """
         times = dict(store.metadata.get("step_times", {}))
-        if str(batch_size) in times and times[str(batch_size)]["device"] == str(self.device):
+        stored = times.get(str(batch_size), {})
+        threads = 1 if self.device.type == "cpu" else None
+        if stored.get("device") == str(self.device) and stored.get("threads") == threads:
             return
         measured = measure_step_time(
             self.workload, data, batch_size, self.config.optimizer, seed=self.config.seed

@@ -495,7 +495,10 @@ def _budgets_html(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
 
 
 def _step_time_device(meta: dict[str, Any]) -> str:
-    devices = {entry["device"] for entry in (meta.get("step_times") or {}).values()}
+    devices = {
+        entry["device"] + (" (one thread)" if entry.get("threads") == 1 else "")
+        for entry in (meta.get("step_times") or {}).values()
+    }
     return ", ".join(sorted(devices)) or "the study's device"
 
 

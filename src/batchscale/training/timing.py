@@ -2,7 +2,10 @@
 
 Steps are not time: a step at a larger batch costs more. The step time here is that of one
 model trained alone, as in a real run (not of a cohort of trials), measured without
-evaluation, after a warm-up, over several repeats; the median is reported.
+evaluation, after a warm-up, over several repeats; the median is reported. On a CPU it runs on
+one intra-op thread, as every trial of a study does: several threads on small kernels spend
+most of a step waiting on each other, and any other work on the machine then inflates their
+time many times over.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 import torch
 
 from batchscale.training.optimizers import torch_optimizer
-from batchscale.training.reference import initialised_model
+from batchscale.training.reference import initialised_model, intra_op_threads
 from batchscale.workloads.base import Data, Optimizer, Workload
 
 
@@ -30,6 +33,8 @@ class StepTime:
     repeats: int
     steps_per_repeat: int
     device: str
+    # Intra-op CPU threads the step ran on (None on a GPU).
+    threads: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready form."""
@@ -55,7 +60,7 @@ def measure_step_time(
     """Median wall time of one forward, backward and optimizer step at ``batch_size``.
 
     Each repeat runs enough steps to last at least ``min_seconds`` (so the timer's resolution
-    does not matter), after ``warmup`` untimed steps.
+    does not matter), after ``warmup`` untimed steps; on a CPU, on one intra-op thread.
     """
     device = data.validation.inputs.device
     model = initialised_model(workload, seed).to(device)
@@ -70,21 +75,23 @@ def measure_step_time(
         loss.backward()
         step_optimizer.step()
 
-    for _ in range(warmup):
-        step()
-    _synchronize(device)
-    started = time.perf_counter()
-    step()
-    _synchronize(device)
-    one = max(time.perf_counter() - started, 1e-6)
-    steps_per_repeat = max(1, round(min_seconds / one))
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(steps_per_repeat):
+    threads = 1 if device.type == "cpu" else None
+    with intra_op_threads(threads):
+        for _ in range(warmup):
             step()
         _synchronize(device)
-        samples.append((time.perf_counter() - started) / steps_per_repeat)
+        started = time.perf_counter()
+        step()
+        _synchronize(device)
+        one = max(time.perf_counter() - started, 1e-6)
+        steps_per_repeat = max(1, round(min_seconds / one))
+        samples = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            for _ in range(steps_per_repeat):
+                step()
+            _synchronize(device)
+            samples.append((time.perf_counter() - started) / steps_per_repeat)
     return StepTime(
         batch_size=batch_size,
         median=statistics.median(samples),
@@ -93,4 +100,5 @@ def measure_step_time(
         repeats=repeats,
         steps_per_repeat=steps_per_repeat,
         device=str(device),
+        threads=threads,
     )
