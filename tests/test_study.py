@@ -8,8 +8,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
-from batchscale import ConfigError, StoreError, Study, StudyConfig, build_config, load_study
+from batchscale import (
+    ConfigError,
+    CustomWorkload,
+    StoreError,
+    Study,
+    StudyConfig,
+    build_config,
+    load_study,
+)
 from batchscale.training.trial import Status
 
 from .conftest import TINY_NQM
@@ -79,6 +89,38 @@ def test_store_of_another_study_is_refused_and_untouched(
     with pytest.raises(StoreError, match="different study"):
         Study(tiny_config.model_copy(update={"optimizer": "nesterov"}), tiny_store).run()
     assert tiny_store.read_bytes() == before
+
+
+def _own_workload(hidden: int, data_seed: int) -> CustomWorkload:
+    generator = torch.Generator().manual_seed(data_seed)
+    inputs = torch.randn(300, 5, generator=generator)
+    targets = (inputs[:, 0] > 0).long() + (inputs[:, 1] > 0).long()
+    return CustomWorkload.create(
+        "my-mlp",
+        model=lambda: nn.Sequential(nn.Linear(5, hidden), nn.ReLU(), nn.Linear(hidden, 3)),
+        train=(inputs[:200], targets[:200]),
+        validation=[inputs[200:250], targets[200:250]],  # a list works as a tuple does
+        test=(inputs[250:], targets[250:]),
+        target=0.3,
+        max_steps=60,
+    )
+
+
+def test_a_store_of_another_model_or_other_data_under_the_same_name_is_refused(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "own.sqlite"
+    config = StudyConfig(batch_sizes=(8,), trials=2, device="cpu")
+    Study(config, store, workload=_own_workload(16, data_seed=0)).run()
+    before = store.read_bytes()
+    with pytest.raises(StoreError, match="its model has 147 parameters, this one 291"):
+        Study(config, store, workload=_own_workload(32, data_seed=0)).run()
+    with pytest.raises(StoreError, match="its data differ from this 'my-mlp'"):
+        Study(config, store, workload=_own_workload(16, data_seed=1)).run()
+    assert store.read_bytes() == before
+    # The same model and data resume, with nothing left to train.
+    summary = Study(config, store, workload=_own_workload(16, data_seed=0)).run()
+    assert summary.batch_sizes[0].trials == 2
 
 
 def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:

@@ -355,7 +355,36 @@ class Study:
                     f"{store.metadata.get(key)!r} there, {identity[key]!r} here); "
                     "use another --store or the same settings"
                 )
+        try:
+            self._check_same_model_and_data(store.metadata)
+        except StoreError:
+            store.close()
+            raise
         return store
+
+    def _check_same_model_and_data(self, stored: dict[str, Any]) -> None:
+        """Refuse a store whose model has another number of parameters, or whose data differ.
+
+        A workload's name does not fix a model a user builds, or a user's data.
+        """
+        parameters = stored.get("parameters")
+        if parameters is not None and parameters != self.parameter_count():
+            raise StoreError(
+                f"{self.store_path} holds a different study (its model has {parameters:,} "
+                f"parameters, this one {self.parameter_count():,}); use another --store or "
+                "the same model"
+            )
+        fingerprint = stored.get("data_fingerprint")
+        if fingerprint is not None and fingerprint != self.workload.data_fingerprint():
+            raise StoreError(
+                f"{self.store_path} holds a different study (its data differ from this "
+                f"{self.workload.name!r}'s: digest {fingerprint} there, "
+                f"{self.workload.data_fingerprint()} here); use another --store or the same data"
+            )
+
+    def parameter_count(self) -> int:
+        """The number of parameters of the workload's model."""
+        return sum(p.numel() for p in self.workload.make_model().parameters())
 
     # -- running --------------------------------------------------------------------------
 
@@ -381,8 +410,10 @@ class Study:
                 store.set_metadata("engine", self.config.engine)
                 store.set_metadata("config", self.config.model_dump(mode="json"))
                 if "parameters" not in store.metadata:
-                    model = self.workload.make_model()
-                    store.set_metadata("parameters", sum(p.numel() for p in model.parameters()))
+                    store.set_metadata("parameters", self.parameter_count())
+                fingerprint = self.workload.data_fingerprint()
+                if fingerprint is not None and "data_fingerprint" not in store.metadata:
+                    store.set_metadata("data_fingerprint", fingerprint)
                 finished = store.finished_trials()
                 pending = {
                     b: [s for s in self.trial_specs(b) if (b, s.trial_id) not in finished]

@@ -75,7 +75,11 @@ def get_workload(
 
 
 def register_workload(name: str, factory: Callable[[], Workload]) -> None:
-    """Make ``factory`` available under ``name`` (to the CLI and to stored studies)."""
+    """Make ``factory`` available under ``name`` to ``get_workload`` in this process.
+
+    ``Study.from_store`` and ``noise_scale_of_winner`` then rebuild a stored study of that
+    workload; the ``batchscale`` command, another process, does not see it.
+    """
     _REGISTRY[name] = factory
 
 

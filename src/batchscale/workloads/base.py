@@ -7,6 +7,7 @@ itself through this interface.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -109,6 +110,16 @@ class Data:
     def to(self, device: torch.device | str) -> Data:
         """The same data on ``device``."""
         return Data(self.train.to(device), self.validation.to(device), self.test.to(device))
+
+    def fingerprint(self) -> str:
+        """A short digest of every split's tensors: their dtypes, shapes and bytes."""
+        digest = hashlib.blake2b(digest_size=8)
+        for split in (self.train, self.validation, self.test):
+            for tensor in (split.inputs, split.targets):
+                flat = tensor.detach().cpu().contiguous().reshape(-1)
+                digest.update(f"{flat.dtype}{tuple(tensor.shape)}".encode())
+                digest.update(flat.view(torch.uint8).numpy().data)
+        return digest.hexdigest()
 
 
 class EpochSampler:
@@ -264,6 +275,14 @@ class Workload(ABC):
         if self._data is None:
             self._data = self.load_data()
         return self._data
+
+    def data_fingerprint(self) -> str | None:
+        """A digest of the data where the workload's name and settings do not fix them.
+
+        None for the built-in workloads, whose data a name and settings determine; a study's
+        store keeps the digest, so that a resume on other data is refused.
+        """
+        return None
 
     def loss(self, outputs: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
         """Mean training loss of a batch (cross-entropy by default)."""

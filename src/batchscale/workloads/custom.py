@@ -11,14 +11,20 @@ from torch.utils.data import Dataset
 
 from batchscale.workloads.base import CLASSIFICATION_ERROR, Budget, Data, Metric, Split, Workload
 
-SplitLike = tuple[Tensor, Tensor] | Dataset
+SplitLike = tuple[Tensor, Tensor] | list[Tensor] | Dataset
 
 
 def as_split(source: SplitLike, what: str) -> Split:
-    """Turn ``(inputs, targets)`` or a map-style ``Dataset`` of pairs into a ``Split``."""
-    if isinstance(source, tuple):
-        inputs, targets = source
-        return Split(torch.as_tensor(inputs), torch.as_tensor(targets))
+    """Turn ``(inputs, targets)`` (a tuple or a list of two arrays) or a map-style ``Dataset``
+    of pairs into a ``Split``."""
+    if isinstance(source, tuple | list) and len(source) == 2 and hasattr(source[0], "shape"):
+        inputs, targets = (torch.as_tensor(part) for part in source)
+        if len(inputs) != len(targets):
+            raise ValueError(
+                f"the {what} inputs hold {len(inputs)} examples but the targets {len(targets)}; "
+                "give one target per example"
+            )
+        return Split(inputs, targets)
     try:
         size = len(source)  # type: ignore[arg-type]
     except TypeError:
@@ -56,6 +62,10 @@ class CustomWorkload(Workload):
         """A fresh model from the user's factory."""
         assert self.model_factory is not None
         return self.model_factory()
+
+    def data_fingerprint(self) -> str:
+        """A digest of the splits given: a name alone does not tell one data set from another."""
+        return self.data().fingerprint()
 
     @classmethod
     def create(
