@@ -14,6 +14,7 @@ from batchscale.analysis import (
     local_slopes,
     regimes,
 )
+from batchscale.analysis.goals import GoalCurve
 
 SIZES = 2.0 ** np.arange(3, 15)
 
@@ -97,6 +98,12 @@ def test_pure_perfect_scaling_and_flat_curves_leave_b_crit_unlocated() -> None:
     flat = fit_steps_to_result(SIZES, np.full(len(SIZES), 40.0))
     assert flat.b_crit_at_bound and flat.b_crit < SIZES.min() / 100
     assert flat.s_min == pytest.approx(40.0, rel=1e-3)
+    # Tables say so rather than print the edge of the range searched as if it were measured.
+    assert perfect.b_crit_text() == "unbounded" and "B_crit = unbounded" in perfect.describe()
+    assert flat.b_crit_text() == "≈ 0" and "B_crit ≈ 0" in flat.describe()
+    two = fit_steps_to_result([16, 64], [4000, 1000.0])
+    assert two.b_crit_at_bound and two.b_crit_text() == "unbounded"
+    assert not GoalCurve(0.3, True, False, (16.0, 64.0), (4000.0, 1000.0), two).exact_fit
 
 
 def test_an_interval_wider_than_the_searched_range_is_not_given() -> None:

@@ -205,9 +205,14 @@ def test_other_statuses_are_opt_in(archive: Path, tmp_path: Path) -> None:
 
 def test_max_trials_keeps_the_first_of_each_batch_size(archive: Path, tmp_path: Path) -> None:
     store = tmp_path / "first.sqlite"
-    import_batch_science(archive / MNIST, store, max_trials=1)
+    summary = import_batch_science(archive / MNIST, store, max_trials=1)
     # Trial 1 alone at 16 (its first hit is 250); trial 5 alone at 64.
     assert curve(store) == [(16, 250, 1, 1, 1, 0), (64, 80, 5, 1, 1, 0), (256, None, None, 1, 0, 0)]
+    assert not any("--max-trials" in warning for warning in summary.warnings)
+    # Asking for more than a batch size holds imports what there is, and says so.
+    summary = import_batch_science(archive / MNIST, tmp_path / "more.sqlite", max_trials=4)
+    [short] = [warning for warning in summary.warnings if "the 4 trials asked for" in warning]
+    assert short.endswith("batch size 16 (2), batch size 64 (3), batch size 256 (1)"), short
 
 
 def test_maximised_metric_from_the_paper_goal(tmp_path: Path) -> None:

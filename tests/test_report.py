@@ -373,7 +373,10 @@ def test_table_numbers_never_round_onto_a_whole_number() -> None:
     from batchscale.formatting import format_number
 
     assert format_number(0.9996) == "0.9996"  # a momentum, not 1
-    assert format_number(1.9996) == "1.9996"  # not the top of a range [0.001, 2]
+    # Rounded, not exact: the zeros say so, rather than digits of a fit's round-off.
+    assert format_number(1.9996) == "2.00" and format_number(76.0000001) == "76.0"
+    assert format_number(61.99999997) == "62.0" and format_number(895.9999998) == "896"
+    assert format_number(0.29975, distinct_from=[0.3]) == "0.2998"  # not the goal it beat
     assert format_number(0.123456) == "0.123" and format_number(1500.3) == "1,500"
     assert format_number(3.0) == "3" and format_number(999.96) == "1,000"
     assert format_number(None) == "-"

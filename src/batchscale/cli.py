@@ -507,7 +507,7 @@ def print_goals(analysis: StudyAnalysis, stop: float | None, out: Console) -> No
         notes = curve.notes(analysis.target, analysis.maximize, stop)
         if curve.fit is None and not curve.censored:
             notes.append("no fit: reached at fewer than two batch sizes")
-        b_crit = "-" if curve.fit is None else format_number(curve.fit.b_crit)
+        b_crit = "-" if curve.fit is None else curve.fit.b_crit_text()
         if curve.exact_fit:
             b_crit += " (2 points: exact fit)"
         table.add_row(

@@ -11,23 +11,27 @@ from typing import Any
 import pandas as pd
 
 
-def _rounds_onto(text: str, number: float, distinct_from: Collection[float]) -> bool:
-    """Whether ``text`` reads as a value ``number`` is not: a whole number (``2`` for 1.9996,
-    the top of a range), 1 or -1 (``1.00`` for a momentum of 0.9996), or a goal in
-    ``distinct_from`` (``0.3`` for an error of 0.29975 that beat it)."""
+def _reads_as_another_value(text: str, number: float, distinct_from: Collection[float]) -> bool:
+    """Whether ``text`` reads as a value ``number`` is not: 1 or -1 (``1.00`` for a momentum
+    of 0.9996), or a goal in ``distinct_from`` (``0.3`` for an error of 0.29975 that beat it)."""
     shown = float(text)
     if shown == number:
         return False
-    whole = "." not in text and "e" not in text
-    return whole or abs(shown) == 1.0 or any(shown == float(goal) for goal in distinct_from)
+    return abs(shown) == 1.0 or any(shown == float(goal) for goal in distinct_from)
+
+
+def _significant(number: float, digits: int) -> str:
+    """``number`` to ``digits`` significant digits, keeping the trailing zeros that tell a
+    rounded value from an exact whole number (``76.0`` for 76.0000001, ``2.00`` for 1.9996)."""
+    return f"{number:#.{digits}g}".rstrip(".")
 
 
 def format_number(value: Any, digits: int = 3, distinct_from: Collection[float] = ()) -> str:
     """A table cell: ``-`` when missing, counts exact, other numbers to ``digits`` digits.
 
-    More digits where the rounded text would read as a value the number is not (see
-    ``_rounds_onto``): a whole number, 1, or one of ``distinct_from`` (the goals a value is
-    compared with).
+    Trailing zeros stay where the rounded text would otherwise read as a whole number, and
+    more digits are given where it would read as 1 or as one of ``distinct_from`` (the goals a
+    value is compared with).
     """
     if value is None or pd.isna(value):
         return "-"
@@ -39,7 +43,9 @@ def format_number(value: Any, digits: int = 3, distinct_from: Collection[float] 
         # Three significant digits, written out: 15,000 reads faster than 1.5e+04.
         return f"{rounded:,.0f}"
     text = f"{number:.{digits}g}"
-    while _rounds_onto(text, number, distinct_from) and digits < 12:
+    if "." not in text and "e" not in text:
+        text = _significant(number, digits)
+    while _reads_as_another_value(text, number, distinct_from) and digits < 12:
         digits += 1
         text = f"{number:.{digits}g}"
     return text
@@ -61,10 +67,10 @@ def column_cells(
             cells.append(format_number(value, digits, distinct_from))
             continue
         number, places = float(value), digits
-        text = f"{number:#.{places}g}".rstrip(".")
-        while places < 12 and _rounds_onto(text, number, distinct_from):
+        text = _significant(number, places)
+        while places < 12 and _reads_as_another_value(text, number, distinct_from):
             places += 1
-            text = f"{number:#.{places}g}".rstrip(".")
+            text = _significant(number, places)
         cells.append(format_number(value, digits, distinct_from) if "e" in text else text)
     return cells
 

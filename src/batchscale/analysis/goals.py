@@ -87,8 +87,12 @@ class GoalCurve:
     @property
     def exact_fit(self) -> bool:
         """Whether the fit passes through two batch sizes: two parameters fit two points
-        exactly whatever the curve's shape, so its B_crit says nothing of the fit's quality."""
-        return self.fit is not None and len(self.fit.batch_sizes) < 3
+        exactly whatever the curve's shape, so its B_crit says nothing of the fit's quality
+        (unless B_crit is pinned at the edge of its range, where the fit does not pass through
+        them)."""
+        return (
+            self.fit is not None and len(self.fit.batch_sizes) < 3 and not self.fit.b_crit_at_bound
+        )
 
     def notes(self, target: float, maximize: bool, stop: float | None) -> list[str]:
         """What a goals table says beside this curve: whether it is the study's goal, and

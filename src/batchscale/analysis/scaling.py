@@ -71,6 +71,13 @@ class ScalingFit:
             max(self.batch_sizes) * B_CRIT_RANGE_FACTOR,
         )
 
+    def b_crit_text(self) -> str:
+        """B_crit as the tables write it. Pinned at the top of its searched range, it reads
+        ``unbounded`` (steps fell as 1/B throughout); at the bottom, ``≈ 0`` (they never fell)."""
+        if not self.b_crit_at_bound:
+            return format_number(self.b_crit)
+        return "unbounded" if self.b_crit > max(self.batch_sizes) else "≈ 0"
+
     def predict(self, batch_sizes: ArrayLike) -> NDArray[np.float64]:
         """Steps the fitted curve predicts at ``batch_sizes``."""
         sizes = np.asarray(batch_sizes, dtype=float)
@@ -87,12 +94,12 @@ class ScalingFit:
             interval: tuple[float, float] | None,
             bounds: tuple[float, float] | None = None,
         ) -> str:
+            shown = self.b_crit_text() if name == "B_crit" else format_number(value)
+            named = f"{name} {shown}" if shown.startswith("≈") else f"{name} = {shown}"
             if interval is None:
                 # Where the other quantities have one, say so, as the report's "no interval".
-                return f"{name} = {format_number(value)}" + (
-                    " (no interval)" if self.interval_method != "none" else ""
-                )
-            return f"{name} = {format_number(value)} {format_interval(interval, bounds)}"
+                return named + (" (no interval)" if self.interval_method != "none" else "")
+            return f"{named} {format_interval(interval, bounds)}"
 
         parts = [
             quantity("S_min", self.s_min, self.s_min_interval),

@@ -458,6 +458,12 @@ def _scan_study(
             columns.update(dict.fromkeys(c for c in _read_header(csv_path) if c and c != "step"))
             measured += 1
         trials.append(_Trial(trial_id, trial_dir, Status(status), params, steps, is_measured))
+    if max_trials is not None and measured < max_trials:
+        # The paper's loader raises here; the trials there are still worth reading.
+        warnings.add(
+            f"fewer than the {max_trials} trials asked for (--max-trials) of the statuses imported",
+            f"batch size {batch_size} ({measured})",
+        )
     return _Study(
         batch_size=batch_size,
         dataset=str(_field(info, "dataset", path)),

@@ -195,7 +195,9 @@ def noise_scale_table(
 def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figure | None:
     """B_simple over each winner's training run, and its average beside the fitted B_crit."""
     traces = meta.get("noise_scale") or {}
-    rows = noise_scale_table(meta, None if analysis.fit is None else analysis.fit.b_crit)
+    # A B_crit pinned at the edge of its searched range is no value to compare with.
+    fit = None if analysis.fit is None or analysis.fit.b_crit_at_bound else analysis.fit
+    rows = noise_scale_table(meta, None if fit is None else fit.b_crit)
     if not rows:
         return None
     figure = Figure(figsize=(7.2, 3.4), layout="constrained")
@@ -215,9 +217,9 @@ def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
     sizes = [row[0] for row in rows]
     right.plot(sizes, [row[1] for row in rows], marker="o", color=DATA_COLOR,
                label="B_simple, averaged over training")  # fmt: skip
-    if analysis.fit is not None:
-        right.axhline(analysis.fit.b_crit, color=FIT_COLOR, linestyle="--",
-                      label=f"fitted B_crit = {analysis.fit.b_crit:.3g}")  # fmt: skip
+    if fit is not None:
+        right.axhline(fit.b_crit, color=FIT_COLOR, linestyle="--",
+                      label=f"fitted B_crit = {fit.b_crit:.3g}")  # fmt: skip
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     format_batch_axis(right)

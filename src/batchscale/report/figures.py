@@ -93,6 +93,12 @@ def _power_of_two(value: float, _position: int) -> str:
     return ""
 
 
+def _b_crit_label(fit: ScalingFit) -> str:
+    if fit.b_crit_at_bound:
+        return f"$B_{{crit}}$ {fit.b_crit_text()}"
+    return f"$B_{{crit}}$={figure_number(fit.b_crit)}"
+
+
 def format_batch_axis(ax: Axes, max_labels: int = 12) -> None:
     """A log2 batch-size x axis with ticks labelled 2^k, as in the paper's figures.
 
@@ -281,11 +287,9 @@ def plot_steps_to_result(
             color=FIT_COLOR,
             linewidth=1.2,
             label=(
-                f"fit: $S_{{min}}$={figure_number(fit.s_min)}, "
-                f"$B_{{crit}}$={figure_number(fit.b_crit)}"
+                f"fit: $S_{{min}}$={figure_number(fit.s_min)}, {_b_crit_label(fit)}"
                 if not examples
-                else f"fit: $E_{{min}}$={figure_number(fit.e_min)}, "
-                f"$B_{{crit}}$={figure_number(fit.b_crit)}"
+                else f"fit: $E_{{min}}$={figure_number(fit.e_min)}, {_b_crit_label(fit)}"
             ),
             zorder=2,
         )

@@ -157,7 +157,8 @@ def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
         ),
     ]
     blocks = "".join(
-        f'<div><div class="name">{name}</div><div class="value">{format_number(value)}</div>'
+        f'<div><div class="name">{name}</div><div class="value">'
+        f"{fit.b_crit_text() if bounded else format_number(value)}</div>"
         f'<div class="interval">'
         f"{format_interval(interval, fit.b_crit_bounds if bounded else None) or 'no interval'}"
         "</div></div>"
@@ -284,7 +285,7 @@ def _goals_html(analysis: StudyAnalysis, stop: float | None = None) -> str:
     exact = False
     for curve in analysis.goal_curves:
         notes = curve.notes(analysis.target, analysis.maximize, stop)
-        b_crit = "-" if curve.fit is None else format_number(curve.fit.b_crit)
+        b_crit = "-" if curve.fit is None else curve.fit.b_crit_text()
         if curve.exact_fit:
             exact = True
             b_crit += " (2 points: exact fit)"
@@ -428,7 +429,8 @@ def extra_sections(
             )
         noise = extras.noise_scale_figure(analysis, meta)
         if noise is not None:
-            b_crit = None if analysis.fit is None else analysis.fit.b_crit
+            fit = analysis.fit
+            b_crit = None if fit is None or fit.b_crit_at_bound else fit.b_crit
             rows = [
                 [str(b), format_number(value), "-" if ratio is None else format_number(ratio)]
                 for b, value, ratio in extras.noise_scale_table(meta, b_crit)
@@ -801,8 +803,7 @@ def write_comparison(
                 "-"
                 if fit is None
                 else (
-                    f"{format_number(fit.b_crit)} "
-                    f"{format_interval(fit.b_crit_interval, fit.b_crit_bounds)}"
+                    f"{fit.b_crit_text()} {format_interval(fit.b_crit_interval, fit.b_crit_bounds)}"
                 ),
                 "-" if fit is None else format_number(fit.e_min),
                 format_number(regimes.perfect_until),
