@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import pytest
 
 from batchscale import Study, StudyConfig
 from batchscale.cli import _format_params, main
+from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress
 from batchscale.training.trial import TrialResult
 
@@ -278,17 +280,27 @@ def test_ctrl_c_says_so_and_exits_130(tmp_path: Path) -> None:
         [str(script), "run", *long_study, "--store", str(store), "--no-report"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+
+    def stored() -> int:
+        with contextlib.suppress(StoreError, sqlite3.Error):
+            opened = StudyStore.open(store, read_only=True)
+            try:
+                return len(opened.finished_trials())
+            finally:
+                opened.close()
+        return 0
+
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not store.exists():
+    while time.monotonic() < deadline and not stored():
         time.sleep(0.05)
-    time.sleep(0.5)
+    before = stored()
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130
     assert err.strip().splitlines()[-1] == (
         "error: interrupted; finished trials are stored, run the same command again to resume"
     )
-    assert store.is_file()  # what was stored stays
+    assert before >= 1 and stored() >= before  # what was stored stays
 
 
 def test_a_damaged_store_is_one_line_in_every_reading_command(
@@ -618,3 +630,95 @@ def test_replicating_a_custom_workload_points_to_python(
         f"Study.from_store('{tiny_store}', workload=my_workload).replicate(2)\n"
     )
     assert tiny_store.read_bytes() == before
+
+
+def test_a_new_study_that_fails_before_any_trial_leaves_no_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "new.sqlite"
+    base = ["run", "--workload", "nqm", "--trials", "2", "--batch-sizes", "16", "--no-report"]
+    code, _, err = run_cli(
+        [*base, "--store", str(store), "--executor", "ray", "--ray-address", "garbage"], capsys
+    )
+    assert code == 2 and "cannot join the Ray cluster at garbage" in err
+    assert not list(tmp_path.iterdir())
+    # The corrected command then starts the study afresh, not "a different study".
+    assert run_cli([*base, "--store", str(store), "--step-budget", "20"], capsys)[0] == 0
+
+
+def test_running_out_of_memory_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run_cli(["nqm", "--dims", "1000000000000", "--json"], capsys)
+    assert code == 2 and not out
+    assert err.startswith("error: out of memory (") and err.count("\n") == 1
+    assert "smaller batch sizes, --width or --dims" in err
+
+
+def test_damaged_metadata_is_named_as_damage_by_every_reader(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for damage in ("DELETE FROM meta WHERE key = 'metric_columns'",
+                   "UPDATE meta SET value = '{not json' WHERE key = 'trials'"):  # fmt: skip
+        store = tmp_path / "damaged.sqlite"
+        store.write_bytes(tiny_store.read_bytes())
+        with sqlite3.connect(store) as connection:
+            connection.execute(damage)
+        connection.close()
+        for command in (["show", str(store)], ["report", str(store), "--out", str(tmp_path / "r")]):
+            code, out, err = run_cli(command, capsys)
+            assert code == 2 and not out, command
+            assert err == (
+                f"error: {store} is a damaged study (its metadata cannot be read: "
+                + err.split("cannot be read: ", 1)[1]
+            )
+            assert err.endswith("restore it from a copy or pass another file\n")
+        assert not (tmp_path / "r").exists()
+
+
+def test_a_report_that_fails_leaves_no_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "empty.sqlite"
+    config = StudyConfig(workload="nqm", batch_sizes=(16,), trials=1, step_budget=5)
+    Study(config, store).run()
+    with sqlite3.connect(store) as connection:
+        connection.execute("DELETE FROM measurements")
+    connection.close()
+    code, _, err = run_cli(["report", str(store), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and err.startswith("error: ")
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_store_or_its_folder_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import batchscale.cli as cli
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    read_only = {locked, locked / "old.sqlite"}
+    (locked / "old.sqlite").write_bytes(b"")
+    # As root, permission bits deny nothing; the check asks os.access, so ask it here.
+    monkeypatch.setattr(
+        cli.os, "access", lambda path, mode: mode != os.W_OK or Path(path) not in read_only
+    )
+    args = ["run", "--workload", "nqm", "--no-report"]
+    code, _, err = run_cli([*args, "--store", str(locked / "new.sqlite")], capsys)
+    assert code == 2 and err == (
+        f"error: --store {locked / 'new.sqlite'} cannot be written: its folder {locked} is "
+        "read-only; make it writable or pass another --store\n"
+    )
+    read_only.discard(locked)
+    code, _, err = run_cli([*args, "--store", str(locked / "old.sqlite")], capsys)
+    assert code == 2 and err == (
+        f"error: --store {locked / 'old.sqlite'} is read-only; make it writable or pass "
+        "another --store\n"
+    )
+
+
+def test_usage_errors_point_at_the_right_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(["--bogus"], capsys)
+    assert code == 2 and err.endswith("(see 'batchscale --help')\n")
+    code, _, err = run_cli(["show", "--bogus"], capsys)
+    assert code == 2 and err.endswith("(see 'batchscale show --help')\n")

@@ -451,3 +451,13 @@ def test_command_line_import_and_bad_source(
     # A folder given as the store, even with --force, is refused before anything is read.
     assert main([*args, "--store", str(tmp_path), "--force"]) == 2
     assert "is a folder, not a study file" in capsys.readouterr().err
+
+
+def test_a_metaparameter_that_is_not_a_number_is_refused_at_import(tmp_path: Path) -> None:
+    workload = tmp_path / MNIST
+    bad = Trial(0, rows([0, 100], [0.9, 0.1]), parameters={**PARAMETERS, "learning_rate": "abc"})
+    write_study(workload, 16, [bad])
+    store = tmp_path / "x.sqlite"
+    with pytest.raises(BatchScienceError, match="parameter 'learning_rate' is 'abc', not a number"):
+        import_batch_science(workload, store)
+    assert not store.exists()

@@ -145,6 +145,15 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
         ('batch_sizes = "16,,32"', "batch sizes '16,,32' have an empty entry"),
         ('[search_space.learning_rate]\nname = "x"\nscale = "log"\nlow = 0.01\nhigh = 1.0',
          "dimension 'learning_rate' has an unknown key 'name'"),
+        ('[search_space.learning_rate]\nscale = "log"\nlow = 0.01\nhigh = 1.0\ninteger = true',
+         "dimension 'learning_rate' is log: only a linear dimension takes 'integer = true'"),
+        ('[search_space.learning_rate]\nscale = "linear"\nlow = 1\nhigh = 3\ninteger = "yes"',
+         "dimension 'learning_rate': 'integer' input should be a valid boolean"),
+        ('[search_space.learning_rate]\nscale = "linear"\nlow = 0.5\nhigh = 3\ninteger = true',
+         "integer dimension 'learning_rate' needs whole-number bounds"),
+        ("epoch_budget = inf", "invalid setting 'epoch_budget': Input should be a finite number"),
+        ("eval_growth = nan", "invalid setting 'eval_growth': Input should be a finite number"),
+        ("seed = 99999999999999999999", "invalid setting 'seed': Input should be less than"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_dimension_or_entry_at_fault(

@@ -14,7 +14,6 @@ import pandas as pd
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -27,7 +26,13 @@ from rich.table import Table
 
 from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
 from batchscale.analysis.goals import stop_goal
-from batchscale.config import ConfigError, StudyConfig, build_config, parse_batch_sizes
+from batchscale.config import (
+    MAX_SEED,
+    ConfigError,
+    StudyConfig,
+    build_config,
+    parse_batch_sizes,
+)
 from batchscale.formatting import format_number
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
@@ -280,6 +285,7 @@ def run(
         ray_address=ray_address,
     )
     check_store_path(store, "--store")
+    check_store_writable(store, "--store")
     # Before any training: a report folder that cannot be written would fail only at the end.
     if report:
         check_output_dir(
@@ -315,7 +321,8 @@ def run(
 RESUMED_SETTINGS = (
     ("workload",),
     ("optimizer",),
-    ("target", "goals"),
+    ("target",),
+    ("goals",),
     ("step_budget", "epoch_budget"),
     ("train_size",),
     ("width",),
@@ -409,6 +416,18 @@ def check_store_path(store: Path, flag: str | None = None) -> None:
     inside = sorted(path.name for path in store.glob("*.sqlite"))
     example = store / (inside[0] if inside else "study.sqlite")
     raise UserError(f"{name} is a folder, not a study file; pass a study file such as {example}")
+
+
+def check_store_writable(store: Path, flag: str | None = None) -> None:
+    """Refuse, before any work, a study file that cannot be written, or a folder where it
+    (or the lock file kept beside it) cannot be created."""
+    name = f"{flag} {store}" if flag else str(store)
+    fix = f"make it writable or pass another {'file' if flag is None else flag}"
+    if store.exists() and not os.access(store, os.W_OK):
+        raise UserError(f"{name} is read-only; {fix}")
+    folder = next(parent for parent in [store.parent, *store.parent.parents] if parent.exists())
+    if folder.is_dir() and not os.access(folder, os.W_OK):
+        raise UserError(f"{name} cannot be written: its folder {folder} is read-only; {fix}")
 
 
 def check_output_dir(path: Path, flag: str | None, fix: str | None = None) -> None:
@@ -749,6 +768,7 @@ def import_batch_science_command(
     from batchscale.importers import import_batch_science
 
     check_store_path(store, "--store")
+    check_store_writable(store, "--store")
     statuses = [part.strip().upper() for part in include_statuses.split(",") if part.strip()]
     summary = import_batch_science(
         source,
@@ -785,6 +805,7 @@ def replicate(
 ) -> None:
     """Re-run every winner with new seeds: the spread of steps to result (winner's curse)."""
     check_store_path(store)
+    check_store_writable(store)
     if report:
         check_output_dir(default_report_dir(store), None, "move it away or pass --no-report")
     try:
@@ -863,10 +884,9 @@ def nqm(
     if as_json:
         typer.echo(json.dumps(prediction.to_dict(), indent=2))
         return
+    # The console prints without markup, so the brackets need no escaping.
     table = Table(
-        title=escape(
-            f"NQM ({dims} dims, gamma {gamma:g}), {optimizer}: steps to E[loss] < {target:g}"
-        )
+        title=f"NQM ({dims} dims, gamma {gamma:g}), {optimizer}: steps to E[loss] < {target:g}"
     )
     for column in ("batch size", "steps to result", "learning rate", "momentum"):
         table.add_column(column, justify="right")
@@ -910,7 +930,7 @@ def noise_scale(
     method: Annotated[
         str, typer.Option(help="auto, per_example (torch.func) or two_batch.")
     ] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed of the run.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the run.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
@@ -1005,6 +1025,13 @@ def _custom_workload_hint(message: str, store: Path, python: str) -> str:
     )
 
 
+LESS_MEMORY = "ask for less: smaller batch sizes, --width or --dims"
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: one line on stderr and exit code 2 for any mistake in the input."""
     global console
@@ -1021,7 +1048,9 @@ def main(argv: list[str] | None = None) -> int:
     except click_errors.NoArgsIsHelpError:
         return 0
     except click_errors.UsageError as error:
-        hint = f" (see 'batchscale {error.ctx.info_name} --help')" if error.ctx else ""
+        context = error.ctx
+        command_name = "" if context is None or context.parent is None else f" {context.info_name}"
+        hint = f" (see 'batchscale{command_name} --help')"
         print(f"error: {error.format_message()}{hint}".replace("\n", " "), file=sys.stderr)
         return 2
     except (ConfigError, StoreError, UserError, DataUnavailableError) as error:
@@ -1033,6 +1062,15 @@ def main(argv: list[str] | None = None) -> int:
             "restore it from a copy or pass another file",
             file=sys.stderr,
         )
+        return 2
+    except MemoryError as error:
+        print(f"error: out of memory ({_first_line(error)}); {LESS_MEMORY}", file=sys.stderr)
+        return 2
+    except RuntimeError as error:
+        # PyTorch reports a failed allocation (CPU or CUDA) as a RuntimeError.
+        if "alloc" not in str(error) and "out of memory" not in str(error):
+            raise
+        print(f"error: out of memory ({_first_line(error)}); {LESS_MEMORY}", file=sys.stderr)
         return 2
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""

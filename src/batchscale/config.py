@@ -42,10 +42,15 @@ def parse_batch_sizes(value: Any) -> tuple[int, ...]:
     return tuple(sorted(sizes))
 
 
+MAX_SEED = 2**63 - 1
+
+
 class StudyConfig(BaseModel):
     """Everything that defines a study. Unknown keys are refused."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Infinite or NaN settings are refused: an infinite epoch budget would be stored before
+    # anything failed.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     workload: str = "mnist1d-mlp"
     optimizer: Optimizer = "nesterov"
@@ -59,7 +64,8 @@ class StudyConfig(BaseModel):
     width: int | None = Field(default=None, ge=1)
     data_dir: str | None = None
     search_space: dict[str, dict[str, Any]] | None = None
-    seed: int = Field(default=0, ge=0)
+    # Trial seeds derive from it; torch's generators take 64-bit seeds.
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mode: Literal["race", "full"] = "race"
     engine: Literal["cohort", "reference"] = "cohort"

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_validator
 from scipy.stats import qmc
 
 Scale = Literal["log", "linear", "reverse_log", "discrete"]
@@ -34,10 +34,15 @@ class Dimension(BaseModel):
     low: float | None = None
     high: float | None = None
     values: tuple[float, ...] | None = None
-    integer: bool = False
+    integer: StrictBool = False
 
     @model_validator(mode="after")
     def _check_range(self) -> Dimension:
+        if self.integer and self.scale != "linear":
+            raise ValueError(
+                f"dimension '{self.name}' is {self.scale}: only a linear dimension takes "
+                "'integer = true'"
+            )
         if self.scale == "discrete":
             if not self.values:
                 raise ValueError(
@@ -52,6 +57,11 @@ class Dimension(BaseModel):
             raise ValueError(
                 f"dimension '{self.name}' has an empty or inverted range "
                 f"[{self.low}, {self.high}]: 'low' must be below 'high'"
+            )
+        if self.integer and not (float(self.low).is_integer() and float(self.high).is_integer()):
+            raise ValueError(
+                f"integer dimension '{self.name}' needs whole-number bounds (rounded values "
+                f"would leave [{self.low}, {self.high}])"
             )
         if self.scale == "log" and self.low <= 0:
             raise ValueError(

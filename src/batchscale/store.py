@@ -39,8 +39,27 @@ class StudyStore:
     def __init__(self, path: Path, connection: sqlite3.Connection) -> None:
         self.path = path
         self._connection = connection
-        self.metadata = self._read_metadata()
-        self.metric_columns: list[str] = self.metadata["metric_columns"]
+        try:
+            self.metadata = self._read_metadata()
+            self.metric_columns: list[str] = list(self.metadata["metric_columns"])
+        except (KeyError, TypeError, json.JSONDecodeError) as error:
+            connection.close()
+            raise StoreError(
+                f"{path} is a damaged study (its metadata cannot be read: {error!r}); restore "
+                "it from a copy or pass another file"
+            ) from None
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Name this file, and the damage, when a query on it fails."""
+        try:
+            yield
+        except (sqlite3.DatabaseError, pd.errors.DatabaseError) as error:
+            cause = error.__cause__ if isinstance(error.__cause__, sqlite3.Error) else error
+            raise StoreError(
+                f"{self.path} cannot be read ({cause}); it is damaged: restore it from a copy "
+                "or pass another file"
+            ) from None
 
     @classmethod
     def create(
@@ -123,7 +142,8 @@ class StudyStore:
         return cls(path, connection)
 
     def _read_metadata(self) -> dict[str, Any]:
-        rows = self._connection.execute("SELECT key, value FROM meta").fetchall()
+        with self._reading():
+            rows = self._connection.execute("SELECT key, value FROM meta").fetchall()
         return {key: json.loads(value) for key, value in rows}
 
     def set_metadata(self, key: str, value: Any) -> None:
@@ -174,25 +194,28 @@ class StudyStore:
 
     def finished_trials(self) -> set[tuple[int, int]]:
         """(batch size, trial id) of every stored trial."""
-        rows = self._connection.execute("SELECT batch_size, trial_id FROM trials").fetchall()
+        with self._reading():
+            rows = self._connection.execute("SELECT batch_size, trial_id FROM trials").fetchall()
         return {(int(b), int(t)) for b, t in rows}
 
     def trials(self) -> pd.DataFrame:
         """One row per trial, indexed by (batch_size, trial_id); metaparameters as columns."""
-        frame = pd.read_sql_query(
-            "SELECT batch_size, trial_id, params, seed, status, steps, step_budget, "
-            "wall_time, train_time, finished_at FROM trials ORDER BY batch_size, trial_id",
-            self._connection,
-        )
+        with self._reading():
+            frame = pd.read_sql_query(
+                "SELECT batch_size, trial_id, params, seed, status, steps, step_budget, "
+                "wall_time, train_time, finished_at FROM trials ORDER BY batch_size, trial_id",
+                self._connection,
+            )
         params = pd.DataFrame([json.loads(p) for p in frame.pop("params")], index=frame.index)
         frame = pd.concat([frame, params], axis=1)
         return frame.set_index(["batch_size", "trial_id"])
 
     def measurements(self) -> pd.DataFrame:
         """Every evaluation row, indexed by (batch_size, trial_id, step)."""
-        frame = pd.read_sql_query(
-            "SELECT * FROM measurements ORDER BY batch_size, trial_id, step", self._connection
-        )
+        with self._reading():
+            frame = pd.read_sql_query(
+                "SELECT * FROM measurements ORDER BY batch_size, trial_id, step", self._connection
+            )
         return frame.set_index(KEY_COLUMNS)
 
     @contextmanager

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,8 @@ IDENTITY_KEYS = (
     "divergence_factor",
 )
 
+# How an identity error names a setting the user never gives by that name.
+IDENTITY_NAMES = {"stop_target": "the hardest goal, where trials stop (--goals)"}
 
 # Seeds of replicates come from their own stream, apart from every trial's seed.
 REPLICATE_STREAM = 1_000_000
@@ -351,8 +354,8 @@ class Study:
             if store.metadata.get(key) != identity[key]:
                 store.close()
                 raise StoreError(
-                    f"{self.store_path} holds a different study ({key} is "
-                    f"{store.metadata.get(key)!r} there, {identity[key]!r} here); "
+                    f"{self.store_path} holds a different study ({IDENTITY_NAMES.get(key, key)} "
+                    f"is {store.metadata.get(key)!r} there, {identity[key]!r} here); "
                     "use another --store or the same settings"
                 )
         try:
@@ -401,6 +404,7 @@ class Study:
         # Before the store is created: data files that are missing leave no study behind.
         self.workload.data()
         chosen = executor or get_executor(self.config.executor, self.config.ray_address)
+        created = not self.store_path.exists()
         store = self.open_store()
         try:
             with store.writer_lock():
@@ -440,8 +444,25 @@ class Study:
                 f"{self.store_path} cannot be read or written ({error}); "
                 "restore it from a copy or use another --store"
             ) from None
+        except BaseException:
+            if created:
+                self._remove_if_empty(store)
+            raise
         finally:
             store.close()
+
+    def _remove_if_empty(self, store: StudyStore) -> None:
+        """Delete the study file this run created, if it failed before storing a trial.
+
+        It would hold settings only, and a corrected command would then be refused as a
+        different study.
+        """
+        with suppress(sqlite3.Error, pd.errors.DatabaseError, StoreError):
+            if store.finished_trials():
+                return
+            store.close()
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                self.store_path.with_name(self.store_path.name + suffix).unlink(missing_ok=True)
 
     def _forget_old_winners(self, store: StudyStore) -> None:
         """Drop replicates and noise-scale traces of trials that are no longer the winner.

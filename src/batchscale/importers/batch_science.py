@@ -335,7 +335,9 @@ def _dimension(name: str, config: Any) -> Dimension:
     if low == high:
         # A fixed value: a range would be empty.
         return Dimension(name=name, scale="discrete", values=(low,))
-    return Dimension(name=name, scale=_SCALES[scale], low=low, high=high, integer=kind == "INTEGER")
+    # Rounding matters for sampling only, which imported studies never do; a log scale has none.
+    integer = kind == "INTEGER" and _SCALES[scale] == "linear"
+    return Dimension(name=name, scale=_SCALES[scale], low=low, high=high, integer=integer)
 
 
 def _bounds(dimension: Dimension) -> tuple[float, float]:
@@ -441,6 +443,15 @@ def _scan_study(
         params = _field(meta, "parameters", meta_path)
         if not isinstance(params, dict):
             raise BatchScienceError(f"{meta_path}: 'parameters' is not an object; {LAYOUT}")
+        for dimension in dimensions:
+            value = params.get(dimension.name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                raise BatchScienceError(
+                    f"{meta_path}: parameter '{dimension.name}' is {value!r}, not a number; "
+                    f"{LAYOUT}"
+                )
         trial_id = _integer(meta.get("trial_id", trial_dir.name), "trial_id", meta_path)
         steps = None if meta.get("steps") is None else _integer(meta["steps"], "steps", meta_path)
         if status not in STATUSES:

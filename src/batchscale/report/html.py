@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import html
 import platform
-from collections.abc import Collection, Sequence
+import shutil
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata, resources
@@ -661,10 +663,34 @@ def write_report(
     model that projects time to result onto data-parallel devices. Raises ``StoreError`` for
     a path that is not a study and ``ValueError`` for a study without measurements.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     study = StoredStudy.read(store_path)
     analysis = study.analyze(goals, bootstrap_samples=bootstrap_samples, seed=seed)
+    with _output_folder(Path(out_dir)) as out:
+        return _write_report(study, analysis, Path(store_path), out, devices, bandwidth, latency)
+
+
+@contextmanager
+def _output_folder(out: Path) -> Iterator[Path]:
+    """Create ``out`` for the body to fill; remove it again if the body fails and it was new."""
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        yield out
+    except BaseException:
+        if created:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _write_report(
+    study: StoredStudy,
+    analysis: StudyAnalysis,
+    store_path: Path,
+    out: Path,
+    devices: int,
+    bandwidth: float,
+    latency: float,
+) -> Path:
     meta, measurements, trials = study.meta, study.measurements, study.trials
     search_space = study.search_space
     rendered = study_figures(analysis, measurements, trials, out, search_space, meta)
@@ -741,13 +767,20 @@ def write_comparison(
         raise ValueError("compare needs at least one study")
     if labels is not None and len(labels) != len(store_paths):
         raise ValueError(f"got {len(labels)} labels for {len(store_paths)} studies")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     studies = []
     for path in store_paths:
         study = StoredStudy.read(path)
         analysis = study.analyze(bootstrap_samples=bootstrap_samples, seed=seed)
         studies.append((Path(path), study.meta, analysis))
+    with _output_folder(Path(out_dir)) as out:
+        return _write_comparison(studies, labels, out)
+
+
+def _write_comparison(
+    studies: list[tuple[Path, dict[str, Any], StudyAnalysis]],
+    labels: Sequence[str] | None,
+    out: Path,
+) -> Path:
     names = list(labels) if labels is not None else [_study_label(m) for _, m, _ in studies]
     if labels is None:
         shared = {name for name in names if names.count(name) > 1}
