@@ -446,6 +446,11 @@ def test_command_line_import_and_bad_source(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "exists" in err
     assert store.read_bytes() == before
+    # so is training it further: it holds released data, not a study this tool can resume
+    assert main(["run", "--store", str(store), "--no-report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {store} holds released data imported from ")
+    assert "read it with show, report or compare" in err and store.read_bytes() == before
     assert main(["import-batch-science", str(tmp_path / "nowhere"), "--store", "x.sqlite"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     # A folder given as the store, even with --force, is refused before anything is read.

@@ -815,9 +815,14 @@ def replicate(
         raise UserError(_custom_workload_hint(str(error), store, python)) from None
     progress = BarProgress()
     try:
-        study.replicate(seeds, progress)
+        replicated = study.replicate(seeds, progress)
     finally:
         progress.stop()
+    if not replicated:
+        console.print(
+            f"note: no batch size of {store} reached the goal, so there is no winner to replicate",
+            highlight=False,
+        )
     opened = StudyStore.open(store, read_only=True)
     try:
         print_summary(summarize(opened, opened.metadata["metric"]), console)

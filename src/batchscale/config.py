@@ -84,11 +84,15 @@ class StudyConfig(BaseModel):
     @field_validator("goals", mode="before")
     @classmethod
     def _parse_goals(cls, value: Any) -> Any:
+        given = value
         if isinstance(value, str):
             try:
-                return tuple(float(part) for part in value.split(",") if part.strip())
+                value = tuple(float(part) for part in value.split(",") if part.strip())
             except ValueError:
-                raise ValueError(f"goals '{value}' are not comma-separated numbers") from None
+                raise ValueError(f"goals '{given}' are not comma-separated numbers") from None
+        if value is not None and len(value) == 0:
+            # Else the default goals would run in their place, unannounced.
+            raise ValueError(f"goals {given!r} hold no goal; give numbers, or leave goals out")
         return value
 
     def resolved_search_space(self, default: SearchSpace) -> SearchSpace:

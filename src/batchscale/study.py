@@ -350,6 +350,13 @@ class Study:
         except StoreError:
             store.close()
             raise
+        if store.metadata.get("imported"):
+            store.close()
+            source = store.metadata.get("source")
+            raise StoreError(
+                f"{self.store_path} holds released data imported from {source}, which cannot "
+                "be trained further; read it with show, report or compare, or use another --store"
+            )
         for key in IDENTITY_KEYS:
             if store.metadata.get(key) != identity[key]:
                 store.close()
@@ -691,9 +698,14 @@ def noise_scale_of_winner(
     finally:
         store.close()
     if batch_size not in result.index or pd.isna(result.loc[batch_size, "steps"]):
+        reached = [int(b) for b in result.dropna().index]
         raise ConfigError(
             f"no trial reached the goal at batch size {batch_size} in {store_path}; "
-            f"choose one of {[int(b) for b in result.dropna().index]}"
+            + (
+                f"choose one of {reached}"
+                if reached
+                else "no batch size did, so there is no winner to follow"
+            )
         )
     if workload is None:
         try:
