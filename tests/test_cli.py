@@ -200,14 +200,22 @@ def test_report_and_compare_commands(
     code, _, _ = run_cli(["report", str(tiny_store), "--out", str(tmp_path / "r")], capsys)
     assert code == 0 and (tmp_path / "r" / "report.html").is_file()
     assert list((tmp_path / "r").glob("*.png")) and list((tmp_path / "r").glob("*.svg"))
+    second = tmp_path / "second.sqlite"
+    second.write_bytes(tiny_store.read_bytes())
     code, _, _ = run_cli(
-        ["compare", str(tiny_store), str(tiny_store), "--out", str(tmp_path / "c"),
+        ["compare", str(tiny_store), str(second), "--out", str(tmp_path / "c"),
          "--labels", "first,second"],
         capsys,
     )  # fmt: skip
     assert code == 0 and (tmp_path / "c" / "comparison.html").is_file()
-    code, _, err = run_cli(["compare", str(tiny_store), "--labels", "a,b"], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    for args, message in (
+        (["--labels", "a,b"], "compare needs two or more study files; for one study use 'report'"),
+        ([str(tiny_store)], "a study file is given twice; pass each study once"),
+        ([str(second), "--labels", "a,a"], "--labels must be distinct and non-empty"),
+        ([str(second), "--labels", "a,"], "--labels must be distinct and non-empty"),
+    ):
+        code, _, err = run_cli(["compare", str(tiny_store), *args], capsys)
+        assert code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
     code, _, err = run_cli(["report", str(tiny_store), "--goals", "x,y"], capsys)
     assert code == 2 and "comma-separated numbers" in err
 

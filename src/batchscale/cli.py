@@ -671,8 +671,14 @@ def compare(
     from batchscale.report import write_comparison
 
     label_list = None if labels is None else [part.strip() for part in labels.split(",")]
+    if len(stores) < 2:
+        raise UserError("compare needs two or more study files; for one study use 'report'")
+    if len({path.resolve() for path in stores}) < len(stores):
+        raise UserError("a study file is given twice; pass each study once")
     if label_list is not None and len(label_list) != len(stores):
         raise UserError(f"--labels names {len(label_list)} studies but {len(stores)} were given")
+    if label_list is not None and (not all(label_list) or len(set(label_list)) < len(label_list)):
+        raise UserError("--labels must be distinct and non-empty, one per study")
     for path in stores:
         check_store_path(path)
         StudyStore.open(path, read_only=True).close()
