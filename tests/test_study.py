@@ -154,6 +154,8 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
         ("epoch_budget = inf", "invalid setting 'epoch_budget': Input should be a finite number"),
         ("eval_growth = nan", "invalid setting 'eval_growth': Input should be a finite number"),
         ("seed = 99999999999999999999", "invalid setting 'seed': Input should be less than"),
+        ("goals = []", "invalid setting 'goals': goals [] hold no goal"),
+        ('goals = ","', "invalid setting 'goals': goals ',' hold no goal"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_dimension_or_entry_at_fault(

@@ -145,6 +145,21 @@ def test_replicate_command(tiny_store: Path, capsys: pytest.CaptureFixture[str])
     assert any(row["replicates"] and len(row["replicates"]) == 2 for row in rows)
 
 
+def test_replicating_a_study_without_winners_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "s.sqlite"
+    # A goal no trial reaches within 20 steps.
+    Study(StudyConfig(**{**TINY_NQM, "target": 1e-6, "step_budget": 20}), store).run()
+    capsys.readouterr()
+    assert main(["replicate", str(store), "--seeds", "2", "--no-report"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: no batch size of {store} reached the goal, so there is no winner" in out
+    code = main(["noise-scale", "--study", str(store), "--batch-size", "16"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no batch size did, so there is no winner to follow" in err
+
+
 def test_more_trials_that_change_the_winner_retire_its_replicates_and_noise_trace(
     tmp_path: Path,
 ) -> None:
