@@ -730,3 +730,22 @@ def test_usage_errors_point_at_the_right_help(capsys: pytest.CaptureFixture[str]
     assert code == 2 and err.endswith("(see 'batchscale --help')\n")
     code, _, err = run_cli(["show", "--bogus"], capsys)
     assert code == 2 and err.endswith("(see 'batchscale show --help')\n")
+
+
+def test_paths_of_the_wrong_kind_are_named_as_such(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(["show", os.devnull], capsys)
+    assert code == 2 and err == (
+        f"error: {os.devnull} is not a regular file; pass a study file written by "
+        "'batchscale run'\n"
+    )
+    not_a_folder = tmp_path / "data.txt"
+    not_a_folder.write_text("x")
+    store = tmp_path / "s.sqlite"
+    code, _, err = run_cli(["run", "--data-dir", str(not_a_folder), "--store", str(store)], capsys)
+    assert code == 2 and err == (
+        f"error: invalid setting 'data_dir': {not_a_folder} is a file, not a folder; pass the "
+        "folder that holds the data sets\n"
+    )
+    assert not store.exists()

@@ -128,6 +128,11 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
         Study(StudyConfig(workload="nqm", target=-1.0), tmp_path / "x.sqlite")
     with pytest.raises(ConfigError, match="known workloads"):
         Study(StudyConfig(workload="imagenet-resnet"), tmp_path / "x.sqlite")
+    # An error of 0 can never be beaten strictly: the study would train to its budget for nothing.
+    with pytest.raises(ConfigError, match="target 0 can never be reached: classification_error"):
+        Study(StudyConfig(target=0.0), tmp_path / "x.sqlite")
+    with pytest.raises(ConfigError, match="goal 0 can never be reached"):
+        Study(StudyConfig(target=0.3, goals=(0.0,)), tmp_path / "x.sqlite")
     assert not list(tmp_path.iterdir())
 
 

@@ -158,6 +158,13 @@ def test_replicating_a_study_without_winners_says_so(
     code = main(["noise-scale", "--study", str(store), "--batch-size", "16"])
     err = capsys.readouterr().err
     assert code == 2 and "no batch size did, so there is no winner to follow" in err
+    # Settings of a run of its own do not mix with following a stored winner.
+    code = main(["noise-scale", "--study", str(store), "--batch-size", "16",
+                 "--learning-rate", "0.1", "--steps", "5"])  # fmt: skip
+    assert code == 2 and capsys.readouterr().err == (
+        "error: --study follows the winner with its own settings, so --learning-rate, --steps "
+        "would be ignored; leave them out, or leave out --study\n"
+    )
 
 
 def test_more_trials_that_change_the_winner_retire_its_replicates_and_noise_trace(

@@ -932,11 +932,14 @@ def noise_scale(
     ] = None,
     optimizer: Annotated[str | None, typer.Option(help="sgd, momentum or nesterov.")] = None,
     learning_rate: Annotated[
-        float, typer.Option("--learning-rate", min=0.0, help="Without --study.")
-    ] = 0.05,
-    momentum: Annotated[float, typer.Option(min=0.0, max=0.9999, help="Without --study.")] = 0.9,
+        float | None,
+        typer.Option("--learning-rate", min=0.0, help="Without --study (default: 0.05)."),
+    ] = None,
+    momentum: Annotated[
+        float | None, typer.Option(min=0.0, max=0.9999, help="Without --study (default: 0.9).")
+    ] = None,
     steps: Annotated[
-        int | None, typer.Option(min=1, help="Updates to train (default: 1000).")
+        int | None, typer.Option(min=1, help="Without --study: updates to train (default: 1000).")
     ] = None,
     method: Annotated[
         str, typer.Option(help="auto, per_example (torch.func) or two_batch.")
@@ -954,6 +957,20 @@ def noise_scale(
     if study is not None:
         if batch_size is None:
             raise UserError("--study needs --batch-size: whose winner to follow")
+        given = {
+            "--workload": workload,
+            "--config": config,
+            "--optimizer": optimizer,
+            "--learning-rate": learning_rate,
+            "--momentum": momentum,
+            "--steps": steps,
+        }
+        ignored = [flag for flag, value in given.items() if value is not None]
+        if ignored:
+            raise UserError(
+                f"--study follows the winner with its own settings, so {', '.join(ignored)} "
+                "would be ignored; leave them out, or leave out --study"
+            )
         check_store_path(study, "--study")
         opened = StudyStore.open(study, read_only=True)
         try:
@@ -984,9 +1001,9 @@ def noise_scale(
         size = batch_size or settings.batch_sizes[0]
         if size < 2:
             raise UserError(f"batch size {size} is too small: give --batch-size 2 or more")
-        params = {"learning_rate": learning_rate}
+        params = {"learning_rate": 0.05 if learning_rate is None else learning_rate}
         if settings.optimizer != "sgd":
-            params["momentum"] = momentum
+            params["momentum"] = 0.9 if momentum is None else momentum
         try:
             trace = measure_noise_scale(
                 chosen,

@@ -81,6 +81,15 @@ class StudyConfig(BaseModel):
     def _parse_batch_sizes(cls, value: Any) -> Any:
         return parse_batch_sizes(value)
 
+    @field_validator("data_dir")
+    @classmethod
+    def _check_data_dir(cls, value: str | None) -> str | None:
+        if value is not None and Path(value).exists() and not Path(value).is_dir():
+            raise ValueError(
+                f"{value} is a file, not a folder; pass the folder that holds the data sets"
+            )
+        return value
+
     @field_validator("goals", mode="before")
     @classmethod
     def _parse_goals(cls, value: Any) -> Any:

@@ -110,6 +110,10 @@ class StudyStore:
     def open(cls, path: Path | str, read_only: bool = False) -> StudyStore:
         """Open an existing study, checking that it is one."""
         path = Path(path)
+        if path.exists() and not path.is_file():
+            raise StoreError(
+                f"{path} is not a regular file; pass a study file written by 'batchscale run'"
+            )
         if not path.is_file():
             raise StoreError(f"{path} does not exist; run a study first or check the path")
         mode = "ro" if read_only else "rw"

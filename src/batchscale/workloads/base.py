@@ -63,8 +63,16 @@ class Metric:
         return math.isfinite(value) and self.low <= value <= self.high
 
     def check_target(self, target: float, what: str = "target") -> None:
-        """Raise ``ValueError`` when ``target`` (a ``what``) lies outside the metric's range."""
+        """Raise ``ValueError`` when ``target`` (a ``what``) lies outside the metric's range,
+        or at the end of it that no value can strictly beat."""
         check_in_range(target, self.name, self.low, self.high, what)
+        edge = self.low if self.direction == "minimize" else self.high
+        if target == edge:
+            raise ValueError(
+                f"{what} {target:g} can never be reached: {self.name} cannot be "
+                f"{'below' if self.direction == 'minimize' else 'above'} {edge:g}; "
+                "choose a goal inside its range"
+            )
 
 
 def check_in_range(value: float, metric: str, low: float, high: float, what: str) -> None:
