@@ -25,7 +25,7 @@ from batchscale.store import StoreError, StudyStore
 from batchscale.training.engine import first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps, metric_columns
 from batchscale.training.noise import NoiseScaleTrace, measure_noise_scale
-from batchscale.training.timing import measure_step_time
+from batchscale.training.timing import measure_step_time, step_time_threads
 from batchscale.training.trial import (
     METAPARAMETERS,
     RaceBound,
@@ -378,18 +378,17 @@ class Study:
         A workload's name does not fix a model a user builds, or a user's data.
         """
         parameters = stored.get("parameters")
-        if parameters is not None and parameters != self.parameter_count():
+        if parameters is not None and parameters != (here := self.parameter_count()):
             raise StoreError(
                 f"{self.store_path} holds a different study (its model has {parameters:,} "
-                f"parameters, this one {self.parameter_count():,}); use another --store or "
-                "the same model"
+                f"parameters, this one {here:,}); use another --store or the same model"
             )
         fingerprint = stored.get("data_fingerprint")
-        if fingerprint is not None and fingerprint != self.workload.data_fingerprint():
+        if fingerprint is not None and fingerprint != (digest := self.workload.data_fingerprint()):
             raise StoreError(
                 f"{self.store_path} holds a different study (its data differ from this "
-                f"{self.workload.name!r}'s: digest {fingerprint} there, "
-                f"{self.workload.data_fingerprint()} here); use another --store or the same data"
+                f"{self.workload.name!r}'s: digest {fingerprint} there, {digest} here); use "
+                "another --store or the same data"
             )
 
     def parameter_count(self) -> int:
@@ -422,9 +421,10 @@ class Study:
                 store.set_metadata("config", self.config.model_dump(mode="json"))
                 if "parameters" not in store.metadata:
                     store.set_metadata("parameters", self.parameter_count())
-                fingerprint = self.workload.data_fingerprint()
-                if fingerprint is not None and "data_fingerprint" not in store.metadata:
-                    store.set_metadata("data_fingerprint", fingerprint)
+                if "data_fingerprint" not in store.metadata:
+                    fingerprint = self.workload.data_fingerprint()
+                    if fingerprint is not None:
+                        store.set_metadata("data_fingerprint", fingerprint)
                 finished = store.finished_trials()
                 pending = {
                     b: [s for s in self.trial_specs(b) if (b, s.trial_id) not in finished]
@@ -464,7 +464,7 @@ class Study:
         It would hold settings only, and a corrected command would then be refused as a
         different study.
         """
-        with suppress(sqlite3.Error, pd.errors.DatabaseError, StoreError):
+        with suppress(sqlite3.Error, StoreError):
             if store.finished_trials():
                 return
             store.close()
@@ -506,7 +506,7 @@ class Study:
         """
         times = dict(store.metadata.get("step_times", {}))
         stored = times.get(str(batch_size), {})
-        threads = 1 if self.device.type == "cpu" else None
+        threads = step_time_threads(self.device)
         if stored.get("device") == str(self.device) and stored.get("threads") == threads:
             return
         measured = measure_step_time(

@@ -71,6 +71,11 @@ class ScalingFit:
             max(self.batch_sizes) * B_CRIT_RANGE_FACTOR,
         )
 
+    @property
+    def located_b_crit(self) -> float | None:
+        """B_crit, or None where it is pinned at the edge of the range it was searched in."""
+        return None if self.b_crit_at_bound else self.b_crit
+
     def b_crit_text(self) -> str:
         """B_crit as the tables write it. Pinned at the top of its searched range, it reads
         ``unbounded`` (steps fell as 1/B throughout); at the bottom, ``≈ 0`` (they never fell)."""

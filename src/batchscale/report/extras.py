@@ -196,8 +196,8 @@ def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
     """B_simple over each winner's training run, and its average beside the fitted B_crit."""
     traces = meta.get("noise_scale") or {}
     # A B_crit pinned at the edge of its searched range is no value to compare with.
-    fit = None if analysis.fit is None or analysis.fit.b_crit_at_bound else analysis.fit
-    rows = noise_scale_table(meta, None if fit is None else fit.b_crit)
+    b_crit = None if analysis.fit is None else analysis.fit.located_b_crit
+    rows = noise_scale_table(meta, b_crit)
     if not rows:
         return None
     figure = Figure(figsize=(7.2, 3.4), layout="constrained")
@@ -217,9 +217,9 @@ def noise_scale_figure(analysis: StudyAnalysis, meta: Mapping[str, Any]) -> Figu
     sizes = [row[0] for row in rows]
     right.plot(sizes, [row[1] for row in rows], marker="o", color=DATA_COLOR,
                label="B_simple, averaged over training")  # fmt: skip
-    if fit is not None:
-        right.axhline(fit.b_crit, color=FIT_COLOR, linestyle="--",
-                      label=f"fitted B_crit = {fit.b_crit:.3g}")  # fmt: skip
+    if b_crit is not None:
+        right.axhline(b_crit, color=FIT_COLOR, linestyle="--",
+                      label=f"fitted B_crit = {b_crit:.3g}")  # fmt: skip
     right.set_xscale("log", base=2)
     right.set_yscale("log")
     format_batch_axis(right)

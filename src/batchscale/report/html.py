@@ -431,8 +431,7 @@ def extra_sections(
             )
         noise = extras.noise_scale_figure(analysis, meta)
         if noise is not None:
-            fit = analysis.fit
-            b_crit = None if fit is None or fit.b_crit_at_bound else fit.b_crit
+            b_crit = None if analysis.fit is None else analysis.fit.located_b_crit
             rows = [
                 [str(b), format_number(value), "-" if ratio is None else format_number(ratio)]
                 for b, value, ratio in extras.noise_scale_table(meta, b_crit)

@@ -46,6 +46,11 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def step_time_threads(device: torch.device) -> int | None:
+    """The intra-op threads a step is timed on: one on a CPU (as trials train), None on a GPU."""
+    return 1 if device.type == "cpu" else None
+
+
 def measure_step_time(
     workload: Workload,
     data: Data,
@@ -75,7 +80,7 @@ def measure_step_time(
         loss.backward()
         step_optimizer.step()
 
-    threads = 1 if device.type == "cpu" else None
+    threads = step_time_threads(device)
     with intra_op_threads(threads):
         for _ in range(warmup):
             step()

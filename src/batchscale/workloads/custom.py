@@ -19,11 +19,6 @@ def as_split(source: SplitLike, what: str) -> Split:
     of pairs into a ``Split``."""
     if isinstance(source, tuple | list) and len(source) == 2 and hasattr(source[0], "shape"):
         inputs, targets = (torch.as_tensor(part) for part in source)
-        if len(inputs) != len(targets):
-            raise ValueError(
-                f"the {what} inputs hold {len(inputs)} examples but the targets {len(targets)}; "
-                "give one target per example"
-            )
         return Split(inputs, targets)
     try:
         size = len(source)  # type: ignore[arg-type]
@@ -52,6 +47,7 @@ class CustomWorkload(Workload):
 
     model_factory: Callable[[], nn.Module] | None = None
     splits: Data | None = field(default=None, repr=False)
+    _digest: str | None = field(default=None, init=False, repr=False)
 
     def load_data(self) -> Data:
         """The splits given at construction."""
@@ -65,7 +61,10 @@ class CustomWorkload(Workload):
 
     def data_fingerprint(self) -> str:
         """A digest of the splits given: a name alone does not tell one data set from another."""
-        return self.data().fingerprint()
+        if self._digest is None:
+            # Hashed once: the splits given never change.
+            self._digest = self.data().fingerprint()
+        return self._digest
 
     @classmethod
     def create(
