@@ -186,6 +186,7 @@ def test_store_locked_by_a_running_study_is_refused(
     finally:
         holder.kill()
         holder.wait()
+        holder.stdout.close()
     pd.testing.assert_frame_equal(load_study(str(tiny_store)).trials(), before)
 
 

@@ -361,6 +361,20 @@ def test_an_existing_store_is_refused_unless_forced(archive: Path, tmp_path: Pat
         archive / MNIST, store, force=True, include_statuses=("COMPLETE", "INCOMPLETE")
     )
     assert curve(store)[0][1] == 50
+    # A forced import that fails (here: a source that is not the released data) leaves the
+    # study it would have replaced exactly as it was, byte for byte.
+    before = store.read_bytes()
+    with pytest.raises(BatchScienceError):
+        import_batch_science(tmp_path / "notes", store, force=True)
+    assert store.read_bytes() == before
+    # A store a running study holds is not replaced under it.
+    opened = StudyStore.open(store)
+    try:
+        with opened.writer_lock(), pytest.raises(StoreError, match="in use by another running"):
+            import_batch_science(archive / MNIST, store, force=True)
+    finally:
+        opened.close()
+    assert curve(store)[0][1] == 50
     text = tmp_path / "notes.txt"
     text.write_text("mine")
     with pytest.raises(StoreError, match="not a batchscale study"):

@@ -359,7 +359,7 @@ def test_a_local_instance_is_refused_where_ray_was_imported_without_the_loopback
         "from batchscale.config import ConfigError\n"
         "from batchscale.executors.ray import RayExecutor\n"
         "try:\n"
-        "    RayExecutor().connect()\n"
+        "    RayExecutor().open()\n"
         "except ConfigError as error:\n"
         "    print(error)\n"
         "print('initialised' if ray.is_initialized() else 'not started')\n"

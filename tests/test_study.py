@@ -161,6 +161,13 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
         ("seed = 99999999999999999999", "invalid setting 'seed': Input should be less than"),
         ("goals = []", "invalid setting 'goals': goals [] hold no goal"),
         ('goals = ","', "invalid setting 'goals': goals ',' hold no goal"),
+        # TOML's true would otherwise read as 1.
+        ("target = true", "invalid setting 'target': true is a truth value, not a number"),
+        ("trials = false", "invalid setting 'trials': false is a truth value, not a number"),
+        ("goals = [0.5, true]", "invalid setting 'goals.1': true is a truth value, not a number"),
+        ('noise_scale = "yes"', "invalid setting 'noise_scale': Input should be a valid boolean"),
+        ('[search_space.learning_rate]\nscale = "linear"\nlow = true\nhigh = 3',
+         "dimension 'learning_rate': 'low' true is a truth value, not a number"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_dimension_or_entry_at_fault(

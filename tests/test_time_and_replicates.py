@@ -15,9 +15,12 @@ from batchscale.analysis.cost import (
     projected_time_to_result,
     time_to_result,
 )
+from batchscale.analysis.steps_to_result import steps_to_result
 from batchscale.cli import main
 from batchscale.report import write_report
 from batchscale.store import StudyStore
+from batchscale.study import noise_scale_of_winner
+from batchscale.training.noise import measure_noise_scale
 from batchscale.training.timing import measure_step_time
 from batchscale.workloads import get_workload
 
@@ -194,3 +197,44 @@ def test_noise_scale_skips_batch_size_one(tmp_path: Path) -> None:
     summary = Study(config, tmp_path / "s.sqlite").run()
     assert [row.steps_to_result is not None for row in summary.batch_sizes] == [True, True]
     assert sorted(load_study(str(tmp_path / "s.sqlite")).metadata["noise_scale"]) == ["16"]
+
+
+def test_noise_scale_runs_on_the_configured_model_not_the_default_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = {"workload": "mnist1d-mlp", "width": 8, "train_size": 512, "device": "cpu"}
+    config_file = tmp_path / "narrow.toml"
+    config_file.write_text('workload = "mnist1d-mlp"\nwidth = 8\ntrain_size = 512\n')
+    flags = ["--batch-size", "32", "--steps", "10", "--device", "cpu", "--json"]
+
+    def measured(*given: str) -> float:
+        assert main(["noise-scale", *given, *flags]) == 0
+        return float(json.loads(capsys.readouterr().out)["b_simple"])
+
+    narrow = measured("--config", str(config_file))
+    assert narrow != measured("--workload", "mnist1d-mlp")
+    study = Study(
+        StudyConfig(**settings, batch_sizes=(32,), trials=2, target=0.95, step_budget=10),
+        tmp_path / "narrow.sqlite",
+    )
+    study.run()
+    followed = noise_scale_of_winner(tmp_path / "narrow.sqlite", 32, device="cpu")
+    opened = StudyStore.open(tmp_path / "narrow.sqlite", read_only=True)
+    try:
+        result = steps_to_result(opened.measurements(), "val/classification_error", 0.95)
+    finally:
+        opened.close()
+    winner = study.trial_specs(32)[int(result.loc[32, "trial_id"])]
+    assert followed.points and followed.batch_size == 32
+    # The same run on the study's own narrow model, built here by hand.
+    again = measure_noise_scale(
+        get_workload("mnist1d-mlp", width=8, train_size=512),
+        winner.params,
+        "nesterov",
+        32,
+        followed.points[-1].step,
+        seed=winner.seed,
+        device=torch.device("cpu"),
+        step_budget=10,
+    )
+    assert followed.b_simple == pytest.approx(again.b_simple)

@@ -946,10 +946,14 @@ def noise_scale(
     ] = "auto",
     seed: Annotated[int, typer.Option(min=0, max=MAX_SEED, help="Seed of the run.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    data_dir: Annotated[
+        str | None,
+        typer.Option("--data-dir", help="Read real data sets from here, never downloading."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Measure the gradient noise scale B_simple = tr(Sigma) / |G|^2 along a training run."""
-    from batchscale.study import noise_scale_of_winner, resolve_device
+    from batchscale.study import configured_workload, noise_scale_of_winner, resolve_device
     from batchscale.training.noise import measure_noise_scale
 
     if method not in ("auto", "per_example", "two_batch"):
@@ -985,7 +989,9 @@ def noise_scale(
                 f"{_join(measured) or 'none yet'}: choose one of them"
             )
         try:
-            trace = noise_scale_of_winner(study, batch_size, method=method, device=device)
+            trace = noise_scale_of_winner(
+                study, batch_size, method=method, device=device, data_dir=data_dir
+            )
         except ValueError as error:
             python = (
                 "batchscale.study.noise_scale_of_winner("
@@ -993,11 +999,10 @@ def noise_scale(
             )
             raise UserError(_custom_workload_hint(str(error), study, python)) from None
     else:
-        settings = build_config(config, workload=workload, optimizer=optimizer, device=device)
-        try:
-            chosen = get_workload(settings.workload)
-        except ValueError as error:
-            raise UserError(str(error)) from None
+        settings = build_config(
+            config, workload=workload, optimizer=optimizer, device=device, data_dir=data_dir
+        )
+        chosen = configured_workload(settings)
         size = batch_size or settings.batch_sizes[0]
         if size < 2:
             raise UserError(f"batch size {size} is too small: give --batch-size 2 or more")

@@ -9,9 +9,16 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+)
 
-from batchscale.search import SearchSpace
+from batchscale.search import Count, Number, SearchSpace
 from batchscale.workloads import OPTIMIZERS, Optimizer
 
 DEFAULT_BATCH_SIZES = (16, 32, 64, 128, 256, 512, 1024, 2048)
@@ -55,23 +62,23 @@ class StudyConfig(BaseModel):
     workload: str = "mnist1d-mlp"
     optimizer: Optimizer = "nesterov"
     batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES
-    trials: int = Field(default=24, ge=1, le=100_000)
-    target: float | None = None
-    goals: tuple[float, ...] | None = None
-    step_budget: int | None = Field(default=None, ge=1)
-    epoch_budget: float | None = Field(default=None, gt=0)
-    train_size: float | None = Field(default=None, gt=0)
-    width: int | None = Field(default=None, ge=1)
+    trials: Count = Field(default=24, ge=1, le=100_000)
+    target: Number | None = None
+    goals: tuple[Number, ...] | None = None
+    step_budget: Count | None = Field(default=None, ge=1)
+    epoch_budget: Number | None = Field(default=None, gt=0)
+    train_size: Number | None = Field(default=None, gt=0)
+    width: Count | None = Field(default=None, ge=1)
     data_dir: str | None = None
     search_space: dict[str, dict[str, Any]] | None = None
     # Trial seeds derive from it; torch's generators take 64-bit seeds.
-    seed: int = Field(default=0, ge=0, le=MAX_SEED)
+    seed: Count = Field(default=0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mode: Literal["race", "full"] = "race"
     engine: Literal["cohort", "reference"] = "cohort"
-    eval_growth: float = Field(default=1.1, gt=1.0, le=4.0)
-    divergence_factor: float = Field(default=10.0, gt=1.0)
-    noise_scale: bool = False
+    eval_growth: Number = Field(default=1.1, gt=1.0, le=4.0)
+    divergence_factor: Number = Field(default=10.0, gt=1.0)
+    noise_scale: StrictBool = False
     # Where cohorts run: not part of what a study measures, so a study may resume elsewhere.
     executor: Literal["local", "ray"] = "local"
     ray_address: str | None = None

@@ -11,13 +11,31 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    StrictBool,
+    ValidationError,
+    model_validator,
+)
 from scipy.stats import qmc
 
 Scale = Literal["log", "linear", "reverse_log", "discrete"]
+
+
+def _refuse_truth_values(value: Any) -> Any:
+    # pydantic would read true as 1: a typo in a config must not become a setting.
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a truth value, not a number")
+    return value
+
+
+Number = Annotated[float, BeforeValidator(_refuse_truth_values)]
+Count = Annotated[int, BeforeValidator(_refuse_truth_values)]
 
 
 class Dimension(BaseModel):
@@ -31,9 +49,9 @@ class Dimension(BaseModel):
 
     name: str
     scale: Scale
-    low: float | None = None
-    high: float | None = None
-    values: tuple[float, ...] | None = None
+    low: Number | None = None
+    high: Number | None = None
+    values: tuple[Number, ...] | None = None
     integer: StrictBool = False
 
     @model_validator(mode="after")

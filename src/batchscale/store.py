@@ -230,22 +230,7 @@ class StudyStore:
         blocking readers); after, it is back in rollback mode, so a study at rest needs no
         shared-memory file to be read, and can be read where nothing can be written.
         """
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
-        try:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.seek(0)
-                holder = handle.read().strip() or "another process"
-                raise StoreError(
-                    f"{self.path} is in use by another running study ({holder}); wait for it "
-                    "to finish or use another --store"
-                ) from None
-            handle.seek(0)
-            handle.truncate()
-            handle.write(f"pid {os.getpid()}")
-            handle.flush()
+        with study_lock(self.path):
             self._connection.execute("PRAGMA journal_mode=WAL")
             self._connection.execute("PRAGMA synchronous=NORMAL")
             try:
@@ -254,8 +239,30 @@ class StudyStore:
                 # Where another connection still reads it, it stays in WAL mode for now.
                 with suppress(sqlite3.Error):
                     self._connection.execute("PRAGMA journal_mode=DELETE")
-        finally:
-            handle.close()
+
+
+@contextmanager
+def study_lock(path: Path) -> Iterator[None]:
+    """Hold the lock file beside the study at ``path``; refused while a running study holds it."""
+    lock_path = path.with_name(path.name + ".lock")
+    handle = open(lock_path, "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise StoreError(
+                f"{path} is in use by another running study ({holder}); wait for it "
+                "to finish or use another --store"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def _finite_or_none(value: Any) -> float | None:

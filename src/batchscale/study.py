@@ -146,6 +146,23 @@ def resolve_device(requested: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
+def configured_workload(config: StudyConfig) -> Workload:
+    """The workload the settings name, with their training-set size, width and data folder."""
+    train_size: float | int | None = config.train_size
+    if train_size is not None and train_size > 1:
+        if not float(train_size).is_integer():
+            raise ConfigError(
+                f"train_size {train_size} is neither a fraction in (0, 1] nor a count"
+            )
+        train_size = int(train_size)
+    try:
+        return get_workload(
+            config.workload, train_size=train_size, width=config.width, data_dir=config.data_dir
+        )
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
 class Study:
     """A steps-to-result study stored in one SQLite file.
 
@@ -161,22 +178,7 @@ class Study:
         if config.step_budget is not None and config.epoch_budget is not None:
             raise ConfigError("give a step budget or an epoch budget, not both")
         if workload is None:
-            train_size: float | int | None = config.train_size
-            if train_size is not None and train_size > 1:
-                if not float(train_size).is_integer():
-                    raise ConfigError(
-                        f"train_size {train_size} is neither a fraction in (0, 1] nor a count"
-                    )
-                train_size = int(train_size)
-            try:
-                workload = get_workload(
-                    config.workload,
-                    train_size=train_size,
-                    width=config.width,
-                    data_dir=config.data_dir,
-                )
-            except ValueError as error:
-                raise ConfigError(str(error)) from None
+            workload = configured_workload(config)
         elif config.workload != workload.name:
             self.config = config = config.model_copy(update={"workload": workload.name})
         self.workload = workload
@@ -363,7 +365,7 @@ class Study:
                 raise StoreError(
                     f"{self.store_path} holds a different study ({IDENTITY_NAMES.get(key, key)} "
                     f"is {store.metadata.get(key)!r} there, {identity[key]!r} here); "
-                    "use another --store or the same settings"
+                    "use the same settings, or another store file for a new study"
                 )
         try:
             self._check_same_model_and_data(store.metadata)
@@ -381,14 +383,15 @@ class Study:
         if parameters is not None and parameters != (here := self.parameter_count()):
             raise StoreError(
                 f"{self.store_path} holds a different study (its model has {parameters:,} "
-                f"parameters, this one {here:,}); use another --store or the same model"
+                f"parameters, this one {here:,}); use the same model, or another store file "
+                "for a new study"
             )
         fingerprint = stored.get("data_fingerprint")
         if fingerprint is not None and fingerprint != (digest := self.workload.data_fingerprint()):
             raise StoreError(
                 f"{self.store_path} holds a different study (its data differ from this "
                 f"{self.workload.name!r}'s: digest {fingerprint} there, {digest} here); use "
-                "another --store or the same data"
+                "the same data, or another store file for a new study"
             )
 
     def parameter_count(self) -> int:
@@ -431,15 +434,19 @@ class Study:
                     for b in self.config.batch_sizes
                 }
                 total = len(self.config.batch_sizes) * self.config.trials
-                progress.start(total, total - sum(len(specs) for specs in pending.values()))
+                done = total - sum(len(specs) for specs in pending.values())
                 work = [
                     self._cohort_work(store, batch_size, specs)
                     for batch_size, specs in pending.items()
                     if specs
                 ]
                 if work:
-                    self._run_cohorts(store, chosen, work, progress, owned=executor is None)
+                    self._run_cohorts(
+                        store, chosen, work, progress, owned=executor is None, counts=(total, done)
+                    )
                     self._forget_old_winners(store)
+                else:
+                    progress.start(total, done)
                 data = self.workload.data().to(self.device)
                 for batch_size in self.config.batch_sizes:
                     self._record_step_time(store, data, batch_size)
@@ -650,8 +657,13 @@ class Study:
         work: list[CohortWork],
         progress: Progress,
         owned: bool,
+        counts: tuple[int, int],
     ) -> None:
-        """Run ``work`` on ``executor``, storing each trial as it comes back."""
+        """Run ``work`` on ``executor``, storing each trial as it comes back.
+
+        ``counts`` (all trials, those stored) start the progress once the executor is open, so
+        that a cluster that cannot be joined fails before any progress is shown.
+        """
         job = CohortJob(
             workload=self.workload,
             engine=self.config.engine,
@@ -665,6 +677,8 @@ class Study:
             progress.trial_done(result)
 
         try:
+            executor.open()
+            progress.start(*counts)
             executor.run(job, work, record, progress.batch_size)
         finally:
             if owned:
@@ -682,11 +696,13 @@ def noise_scale_of_winner(
     method: str = "auto",
     device: str = "auto",
     workload: Workload | None = None,
+    data_dir: str | None = None,
 ) -> NoiseScaleTrace:
     """B_simple along the winning trial of ``batch_size``, up to its steps to result.
 
-    The run repeats the winner step for step (same seed, metaparameters and budget).
-    ``workload`` is needed for a user's own workload; built-in ones are found by name.
+    The run repeats the winner step for step (same seed, metaparameters and budget), on the
+    study's own model and data: a built-in workload is rebuilt from the stored settings (its
+    data read from ``data_dir`` where given), a user's own must be passed as ``workload``.
     """
     store = StudyStore.open(store_path, read_only=True)
     try:
@@ -708,10 +724,10 @@ def noise_scale_of_winner(
             )
         )
     if workload is None:
-        try:
-            workload = get_workload(meta["workload"])
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        settings = dict(meta.get("config") or {"workload": meta["workload"]})
+        if data_dir is not None:
+            settings["data_dir"] = data_dir
+        workload = configured_workload(StudyConfig(**settings))
     winner = trials.loc[(batch_size, int(result.loc[batch_size, "trial_id"]))]
     names = [d["name"] for d in meta["search_space"]["dimensions"]]
     return measure_noise_scale(

@@ -56,6 +56,10 @@ class Executor(ABC):
     name: ExecutorName
 
     @abstractmethod
+    def open(self) -> None:
+        """Take hold of what ``run`` needs (``run`` does it anyway)."""
+
+    @abstractmethod
     def run(
         self,
         job: CohortJob,

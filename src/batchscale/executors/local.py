@@ -14,6 +14,9 @@ class LocalExecutor(Executor):
 
     name: ExecutorName = "local"
 
+    def open(self) -> None:
+        """Nothing to take hold of: everything runs in this process."""
+
     def run(
         self,
         job: CohortJob,

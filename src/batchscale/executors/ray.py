@@ -174,8 +174,8 @@ class RayExecutor(Executor):
         self._owns_connection = False
         self._temp_dir: str | None = None
 
-    def connect(self) -> ModuleType:
-        """Join the cluster, or start the local instance; the first ``run`` does it anyway."""
+    def _connect(self) -> ModuleType:
+        """The ray module, joined to the cluster or to a local instance it starts."""
         if self._ray is not None:
             return self._ray
         if self.address is None:
@@ -217,6 +217,10 @@ class RayExecutor(Executor):
         self._ray = ray
         return ray
 
+    def open(self) -> None:
+        """Join the cluster, or start the local instance."""
+        self._connect()
+
     def close(self) -> None:
         """Leave the cluster; a local instance is stopped and its session folder removed."""
         if self._ray is not None and self._owns_connection:
@@ -257,7 +261,7 @@ class RayExecutor(Executor):
         on_batch_size: Callable[[int], None],
     ) -> None:
         """See ``Executor.run``: trials come back as each cohort finishes."""
-        ray = self.connect()
+        ray = self._connect()
         gpu = self._uses_gpus(ray, job.device)
         resources = ray.cluster_resources()
         slots = max(1, int(resources.get("GPU" if gpu else "CPU", 1)))

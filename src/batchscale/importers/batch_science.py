@@ -41,7 +41,7 @@ import pandas as pd
 
 from batchscale.config import ConfigError
 from batchscale.search import Dimension, Scale, SearchSpace
-from batchscale.store import StoreError, StudyStore
+from batchscale.store import StoreError, StudyStore, study_lock
 from batchscale.training.trial import Status, TrialResult, TrialSpec
 from batchscale.workloads.base import Optimizer, check_in_range
 
@@ -609,7 +609,10 @@ def _workload_dir(source: Path, workload: str | None) -> Path:
 
 
 def _check_store(store: Path, force: bool) -> None:
-    """Refuse an existing store unless ``force``; even then, replace only a study file."""
+    """Refuse an existing store unless ``force``; even then, replace only a study at rest.
+
+    Only read: a study kept because the import fails later is left exactly as it was.
+    """
     if not store.exists():
         return
     if not force:
@@ -617,18 +620,22 @@ def _check_store(store: Path, force: bool) -> None:
             f"{store} already exists; choose another --store, or pass --force to replace it"
         )
     try:
-        existing = StudyStore.open(store)
+        StudyStore.open(store, read_only=True).close()
     except StoreError:
         raise StoreError(
             f"{store} exists and is not a batchscale study; --force replaces only studies"
         ) from None
-    try:
-        with existing.writer_lock():  # refuses a store that a running study writes to
-            pass
-    finally:
-        # Closing the read-write connection also folds a leftover write-ahead log into the
-        # old file, so none is left beside the name to be applied to the new one.
-        existing.close()
+    with study_lock(store):
+        pass
+
+
+def _replace(store: Path, finished: Path) -> None:
+    """Move ``finished`` into place under the store's lock, with no old write-ahead log left
+    beside the name to be applied to the new file."""
+    with study_lock(store):
+        for leftover in (Path(f"{store}-wal"), Path(f"{store}-shm")):
+            leftover.unlink(missing_ok=True)
+        os.replace(finished, store)
 
 
 def _remove(path: Path) -> None:
@@ -826,7 +833,7 @@ def import_batch_science(
         connection.execute("PRAGMA journal_mode=DELETE")
     finally:
         connection.close()
-    os.replace(partial, store)
+    _replace(store, partial)
     return ImportSummary(
         store=store,
         source=directory,

@@ -97,7 +97,7 @@ def _download(dataset: HubDataset, root: Path) -> None:
             f"{dataset.title} is not in {dataset.folder(root)} and could not be downloaded from "
             f"the Hugging Face Hub ({reason}); "
             + _where(dataset, root, list(dataset.splits))
-            + ", or point data_dir at a folder laid out the same way"
+            + ", or give --data-dir (data_dir in Python) a folder laid out the same way"
         ) from None
 
 
