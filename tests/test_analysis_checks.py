@@ -16,6 +16,7 @@ from batchscale.analysis import (
     fit_warnings,
     goal_warnings,
     late_winner_warnings,
+    step_time_warnings,
 )
 from batchscale.search import SearchSpace, choice, loguniform, reverse_loguniform, uniform
 from tests.tables import measurements_table, trials_table
@@ -100,6 +101,12 @@ def test_few_reached_check_separates_none_from_few() -> None:
 def test_fit_checks() -> None:
     sizes = [8.0, 16.0, 32.0, 64.0]
     assert "fewer than two" in fit_warnings(None)[0].message
+    # Met before training at two of three: the fix is a harder goal, not more trials.
+    untrained = pd.DataFrame({"steps": [12.0, 0.0, 0.0]}, index=[8, 16, 32])
+    assert fit_warnings(None, untrained)[0].message == (
+        "the goal was reached after training at fewer than two batch sizes (the untrained "
+        "model meets it at 16, 32), so S(B) cannot be fitted; choose a harder goal"
+    )
     perfect = fit_steps_to_result(sizes, [800.0, 400.0, 200.0, 100.0])
     assert "falls as 1/B" in fit_warnings(perfect)[0].message
     flat = fit_steps_to_result(sizes, [100.0, 100.0, 100.0, 100.0])
@@ -181,3 +188,14 @@ def test_design_checks_on_measurements() -> None:
     assert design_checks(measurements, table, "val/error", 0.1) != found
     with pytest.raises(KeyError):
         design_checks(measurements, table, "val/missing", 0.1)
+
+
+def test_step_times_whose_repeats_disagree_are_flagged() -> None:
+    steady = {"median": 1.0e-3, "low": 0.9e-3, "high": 1.2e-3}
+    busy = {"median": 2.0e-3, "low": 1.21e-3, "high": 2.69e-3}
+    assert step_time_warnings({"16": steady}) == []
+    [warning] = step_time_warnings({"512": busy, "16": steady, "64": busy})
+    assert warning.check == "step_time" and warning.batch_sizes == (64, 512)
+    assert warning.message.startswith(
+        "the step time at batch sizes 64 (1.21 ms to 2.69 ms), 512 (1.21 ms to 2.69 ms) varied"
+    )

@@ -139,6 +139,30 @@ def test_replicates_give_a_percentile_interval() -> None:
         fit_steps_to_result(SIZES, steps, replicates=identical[:, :3])
 
 
+def test_resamples_that_lose_the_goal_widen_the_interval_to_either_side() -> None:
+    steps = law(SIZES, 100.0, 500.0)
+    rng = np.random.default_rng(1)
+    spread = np.tile(steps, (1000, 1)) * np.exp(rng.normal(0, 0.2, (1000, len(SIZES))))
+    whole = fit_steps_to_result(SIZES, steps, replicates=spread)
+    # Ten resamples lose the goal at one batch size: each end moves ten places outwards.
+    lossy = spread.copy()
+    lossy[:10, 3] = np.nan
+    some = fit_steps_to_result(SIZES, steps, replicates=lossy)
+    assert some.interval_method == "bootstrap over trials (990 of 1000 resamples fitted)"
+    fitted = np.sort(
+        [fit_steps_to_result(SIZES, row).b_crit for row in lossy[10:]]  # the kept resamples
+    )
+    assert some.b_crit_interval == pytest.approx((fitted[24 - 10], fitted[975]), rel=0.02)
+    low, high = whole.b_crit_interval or (np.nan, np.nan)
+    assert some.b_crit_interval[0] <= low and some.b_crit_interval[1] >= high * 0.98
+    # More than 2.5% lost: neither end can be placed.
+    lossy[:30, 3] = np.nan
+    none = fit_steps_to_result(SIZES, steps, replicates=lossy)
+    assert none.b_crit_interval is None and none.s_min_interval is None
+    assert none.interval_method.startswith("bootstrap over trials: 30 of 1000 resamples miss")
+    assert "B_crit = 500 (no interval)" in none.describe()
+
+
 def test_as_dict_carries_the_interval() -> None:
     data = fit_steps_to_result(SIZES, law(SIZES, 100.0, 500.0) * 1.01 ** np.arange(12))
     as_dict = data.as_dict()
@@ -216,7 +240,7 @@ def test_regimes_from_local_slopes() -> None:
 def test_regimes_at_the_extremes() -> None:
     everywhere = regimes([8, 16, 32], [400.0, 200.0, 100.0])
     assert everywhere.perfect_until == 32.0 and everywhere.maximal_from is None
-    assert "every measured batch size" in everywhere.describe()
+    assert "every batch size that reached the goal" in everywhere.describe()
     nowhere = regimes([8, 16, 32], [100.0, 100.0, 100.0])
     assert nowhere.perfect_until is None and nowhere.maximal_from == 8.0
     assert nowhere.regime_of(16) == "maximal data parallelism"

@@ -201,7 +201,13 @@ def test_analyze_recovers_the_synthetic_law(synthetic_store: Path) -> None:
         study.measurements, study.trials, "val/classification_error", TARGET, bootstrap_samples=100
     )
     assert full.fit is not None and full.fit.b_crit == analysis.fit.b_crit
-    assert full.fit.interval_method == "bootstrap over trials (100 of 100 resamples fitted)"
+    # Three of 16 trials reach the goal at some batch sizes: 7 resamples of 100 lose it there,
+    # and could lie on either side of a 95% interval.
+    assert full.fit.interval_method == (
+        "bootstrap over trials: 7 of 100 resamples miss the goal at a batch size where few "
+        "trials reached it, too many for an interval"
+    )
+    assert full.fit.b_crit_interval is None and full.fit.s_min_interval is None
     assert [g["chosen"] for g in summary["goals"]] == [False, True, False]
     # Trials stop at the goal, so the harder goal is censored and not fitted.
     assert summary["goals"][2]["censored"] and summary["goals"][2]["b_crit"] is None

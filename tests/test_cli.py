@@ -508,7 +508,7 @@ def test_fit_intervals_read_as_the_report_writes_them() -> None:
     # The report's own helpers (their digits may change; the CLI must follow them).
     interval = format_interval(fit.b_crit_interval, fit.b_crit_bounds)
     assert f"B_crit = {format_number(4.2)} {interval}," in line
-    assert "B_crit = 4.2 [unbounded, 33" in line and "e+" not in line
+    assert "B_crit = 4.2 [≈ 0, 33" in line and "e+" not in line
     assert line.startswith("fit S(B) = S_min (1 + B_crit / B): S_min = 120 [100, 140], ")
     assert line.endswith("E_min = 504 (no interval) (95% intervals, bootstrap over trials)")
 
@@ -534,14 +534,15 @@ def test_an_unbounded_interval_is_printed_whole(
     from batchscale.analysis import analyze_store
 
     store = tmp_path / "full.sqlite"
-    code, out, _ = run_cli(["run", *TINY, "--mode", "full", "--store", str(store), "--no-report"],
-                           capsys)  # fmt: skip
+    settings = [*TINY, "--mode", "full"]
+    settings[settings.index("--trials") + 1] = "8"
+    code, out, _ = run_cli(["run", *settings, "--store", str(store), "--no-report"], capsys)
     assert code == 0
     fit = analyze_store(store).fit
     assert fit is not None
     line = fit.describe()
-    # Rich would read "[unbounded, ...]" as a style tag and print nothing of it.
-    assert "[unbounded" in line
+    # Rich would read "[≈ 0, ...]" as a style tag and print nothing of it.
+    assert "B_crit = 3.85 [≈ 0, " in line and "E_min = 12.6 [≈ 0, " in line
     assert line in out.splitlines()
     assert line in run_cli(["show", str(store)], capsys)[1].splitlines()
 

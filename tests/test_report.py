@@ -675,17 +675,36 @@ def test_nqm_legend_names_the_perfect_scaling_lines() -> None:
     assert any(text.startswith("perfect scaling (dotted") for text in texts)
 
 
-def test_comparison_caption_says_curves_start_at_their_own_batch_size(
+def test_comparison_normalises_at_the_first_batch_size_all_studies_reached(
     synthetic_store: Path, tmp_path: Path
 ) -> None:
-    # The synthetic study starts at batch size 8, the other at 32.
+    # The synthetic study starts at batch size 8, the other at 32: both are divided at 32.
     later = build_synthetic_store(tmp_path / "later.sqlite", batch_sizes=(32, 128), trials=4)
     page = write_comparison([synthetic_store, later], tmp_path, bootstrap_samples=0)
     text = page.read_text(encoding="utf-8")
-    assert "smallest reached batch sizes differ (8, 32)" in text
-    assert "normalised to its own smallest batch size" in text
-    same = write_comparison([synthetic_store, synthetic_store], tmp_path / "same")
-    assert "normalised to its own" not in same.read_text(encoding="utf-8")
+    assert "divided by its steps at batch size 32, the smallest that every study" in text
+    assert ">budget</th>" in text and ">3,000 steps</td>" in text
+    # With no batch size in common, each curve starts at its own, and the caption says so.
+    apart = build_synthetic_store(tmp_path / "apart.sqlite", batch_sizes=(8, 16))
+    page = write_comparison([later, apart], tmp_path / "apart", bootstrap_samples=0)
+    assert "at its own smallest reached batch size, since no batch size" in page.read_text()
+
+
+def test_normalised_comparison_shares_one_start_where_the_curves_have_one() -> None:
+    figure = Figure()
+    ax = figure.add_subplot()
+    curves = {
+        "a": ([4, 16, 64], [800.0, 200.0, 50.0]),
+        "b": ([16, 64, 256], [300.0, 75.0, 60.0]),
+        "c": ([16], [None]),  # never reached the goal: does not hold the start back
+    }
+    figures.plot_comparison(ax, curves, normalise=True)
+    data = {line.get_label(): line.get_data() for line in ax.get_lines()}
+    np.testing.assert_allclose(data["a"][1], [4.0, 1.0, 0.25])
+    np.testing.assert_allclose(data["b"][1], [1.0, 0.25, 0.2])
+    grid, ideal = data["perfect scaling"]
+    assert grid[0] == 4 and grid[-1] == 256 and ideal[0] == 4.0 and ideal[-1] == 16 / 256
+    assert ax.get_ylabel() == "Steps relative to batch size 16"
 
 
 def test_goals_table_marks_a_fit_through_two_batch_sizes(
@@ -698,3 +717,19 @@ def test_goals_table_marks_a_fit_through_two_batch_sizes(
     assert "says nothing of the fit's quality" in text
     # With ten batch sizes no goal's fit is exact.
     assert "exact fit" not in synthetic_report.read_text(encoding="utf-8")
+
+
+def test_a_budget_reads_as_steps_examples_or_a_range() -> None:
+    from batchscale.report.html import budget_text
+
+    index = pd.MultiIndex.from_tuples(
+        [(16, 0), (16, 1), (32, 0), (64, 0)], names=["batch_size", "trial_id"]
+    )
+
+    def text(budgets: list[int]) -> str:
+        return budget_text(pd.DataFrame({"step_budget": budgets}, index=index))
+
+    assert text([100, 100, 100, 100]) == "100 steps"
+    # 4,000 examples: 250, 125 and 62.5 steps, the last rounded up.
+    assert text([250, 250, 125, 63]) == "4,000 examples"
+    assert text([250, 250, 200, 63]) == "63 to 250 steps"

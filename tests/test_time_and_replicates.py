@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from batchscale import Study, StudyConfig, load_study
+from batchscale.analysis import analyze_store
 from batchscale.analysis.cost import (
     DataParallelCost,
     interpolate_step_time,
@@ -107,6 +108,50 @@ def test_a_step_time_taken_on_all_threads_is_measured_again_on_resume(tmp_path: 
     steps = {row.batch_size: row.step_time for row in summary.batch_sizes}
     assert steps[8] is not None and steps[8] < 9.0
     assert steps[16] == 9.0  # already on one thread: kept
+
+
+def test_a_step_time_whose_repeats_disagree_is_flagged_and_measured_again_on_resume(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = tmp_path / "s.sqlite"
+    config = StudyConfig(**{**TINY_NQM, "batch_sizes": (8, 16)})
+    Study(config, store).run()
+    opened = StudyStore.open(store)
+    try:
+        times = opened.metadata["step_times"]
+        # As a busy machine leaves it: the slowest repeat took 3.5 times the fastest.
+        busy = {**times["16"], "low": 1e-4, "median": 2e-4, "high": 3.5e-4}
+        opened.set_metadata("step_times", {**times, "16": busy})
+    finally:
+        opened.close()
+    [warning] = [w for w in analyze_store(store).warnings if w.check == "step_time"]
+    assert warning.batch_sizes == (16,)
+    assert warning.message.startswith(
+        "the step time at batch size 16 (0.1 ms to 0.35 ms) varied more than 1.5-fold between "
+        "repeats: the machine was busy"
+    )
+    assert main(["show", str(store)]) == 0
+    assert "warning: the step time at batch size 16" in capsys.readouterr().out
+    Study(config, store).run()
+    again = load_study(str(store)).metadata["step_times"]
+    assert again["8"] == times["8"]  # its repeats agreed: kept
+    assert again["16"]["high"] / again["16"]["low"] < 3.5
+
+
+def test_show_counts_outcomes_as_the_report_does(
+    trained_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    analysis = analyze_store(trained_store, bootstrap_samples=0)
+    counts = analysis.outcomes.groupby(level="batch_size").value_counts().unstack(fill_value=0)
+    assert main(["show", str(trained_store), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["batch_sizes"]
+    for row in rows:
+        tally = counts.loc[row["batch_size"]]
+        for outcome in ("reached", "missed", "diverged", "pruned"):
+            assert row[outcome] == tally.get(outcome, 0)
+        assert sum(row[o] for o in ("reached", "missed", "diverged", "pruned")) == row["trials"]
+    assert main(["show", str(trained_store)]) == 0
+    assert "reached / missed / diverged / pruned" in capsys.readouterr().out
 
 
 def test_study_stores_step_times_and_replicates(tmp_path: Path) -> None:

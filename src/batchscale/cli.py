@@ -26,6 +26,7 @@ from rich.table import Table
 
 from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
 from batchscale.analysis.goals import stop_goal
+from batchscale.analysis.scaling import no_fit_reason
 from batchscale.config import (
     MAX_SEED,
     ConfigError,
@@ -33,7 +34,7 @@ from batchscale.config import (
     build_config,
     parse_batch_sizes,
 )
-from batchscale.formatting import format_number
+from batchscale.formatting import format_number, format_seconds
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress, Study, StudySummary, summarize
 from batchscale.training.trial import TrialResult
@@ -131,7 +132,11 @@ def print_summary(summary: StudySummary, out: Console) -> None:
     )
     for column in ("batch size", "steps to result", "best trial", "metaparameters"):
         table.add_column(column, justify="right" if column != "metaparameters" else "left")
-    table.add_column("reached / diverged / pruned / total", justify="right")
+    # The report's outcome counts, in its order; "incomplete" only where imported data has it.
+    outcomes = ["reached", "missed", "diverged", "pruned"]
+    if any(row.incomplete for row in summary.batch_sizes):
+        outcomes.append("incomplete")
+    table.add_column(" / ".join(outcomes), justify="right")
     timed = any(row.step_time is not None for row in summary.batch_sizes)
     replicated = any(row.replicates for row in summary.batch_sizes)
     if timed:
@@ -145,23 +150,15 @@ def print_summary(summary: StudySummary, out: Console) -> None:
             "-" if row.steps_to_result is None else str(row.steps_to_result),
             "-" if row.best_trial is None else str(row.best_trial),
             _format_params(row.best_params),
-            f"{row.reached} / {row.diverged} / {row.pruned} / {row.trials}",
+            " / ".join(str(getattr(row, outcome)) for outcome in outcomes),
         ]
         if timed:
-            cells.append(_format_seconds(row.step_time))
-            cells.append(_format_seconds(row.time_to_result))
+            cells.append(format_seconds(row.step_time))
+            cells.append(format_seconds(row.time_to_result))
         if replicated:
             cells.append(_format_replicates(row.replicates, row.replicate_median))
         table.add_row(*cells)
     out.print(table)
-
-
-def _format_seconds(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 1:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds:.3g} s"
 
 
 def _format_replicates(steps: list[int | None] | None, median: float | None) -> str:
@@ -525,7 +522,7 @@ def print_goals(analysis: StudyAnalysis, stop: float | None, out: Console) -> No
         ]
         notes = curve.notes(analysis.target, analysis.maximize, stop)
         if curve.fit is None and not curve.censored:
-            notes.append("no fit: reached at fewer than two batch sizes")
+            notes.append(f"no fit: {no_fit_reason(curve.batch_sizes, curve.steps)}")
         b_crit = "-" if curve.fit is None else curve.fit.b_crit_text()
         if curve.exact_fit:
             b_crit += " (2 points: exact fit)"

@@ -78,11 +78,21 @@ def column_cells(
 def format_interval(
     interval: tuple[float, float] | None, bounds: tuple[float, float] | None = None
 ) -> str:
-    """``[low, high]``; an end at the fit's bound for B_crit reads as unbounded."""
+    """``[low, high]``; for B_crit, an end at the bottom of the range it is searched in reads
+    ``≈ 0`` and one at the top ``unbounded``, as ``ScalingFit.b_crit_text`` does."""
     if interval is None:
         return ""
     low, high = format_number(interval[0]), format_number(interval[1])
     if bounds is not None:
-        low = "unbounded" if interval[0] <= bounds[0] * 1.01 else low
+        low = "≈ 0" if interval[0] <= bounds[0] * 1.01 else low
         high = "unbounded" if interval[1] >= bounds[1] / 1.01 else high
     return f"[{low}, {high}]"
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``0.375 ms`` below a second, ``1.23 s`` above; ``-`` for none."""
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds:.3g} s"

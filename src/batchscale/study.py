@@ -16,8 +16,10 @@ from typing import Any
 import pandas as pd
 import torch
 
+from batchscale.analysis.checks import noisy_step_time
 from batchscale.analysis.goals import neighbouring_goals, order_goals
-from batchscale.analysis.steps_to_result import steps_to_result, trials_reaching
+from batchscale.analysis.steps_to_result import steps_to_result
+from batchscale.analysis.winners import trial_outcomes
 from batchscale.config import ConfigError, StudyConfig
 from batchscale.executors import CohortJob, CohortWork, Executor, get_executor
 from batchscale.search import derive_seed
@@ -29,7 +31,6 @@ from batchscale.training.timing import measure_step_time, step_time_threads
 from batchscale.training.trial import (
     METAPARAMETERS,
     RaceBound,
-    Status,
     StopRules,
     TrialResult,
     TrialSpec,
@@ -70,9 +71,13 @@ class BatchSizeSummary:
     best_trial: int | None
     best_params: dict[str, float] | None
     trials: int
+    # Each trial's outcome as the report counts it (a trial that reached the goal is reached,
+    # whatever happened after): see ``batchscale.analysis.trial_outcomes``.
     reached: int
+    missed: int
     diverged: int
     pruned: int
+    incomplete: int = 0
     step_time: float | None = None
     time_to_result: float | None = None
     replicates: list[int | None] | None = None
@@ -509,17 +514,21 @@ class Study:
         """Measure one model's step time at ``batch_size`` once per study and device.
 
         A time taken otherwise (on all of a CPU's threads, as before they were measured on
-        one) is measured again.
+        one) is measured again; so is one whose repeats disagreed (a busy machine), keeping
+        whichever measurement's repeats agree better.
         """
         times = dict(store.metadata.get("step_times", {}))
         stored = times.get(str(batch_size), {})
         threads = step_time_threads(self.device)
-        if stored.get("device") == str(self.device) and stored.get("threads") == threads:
+        same_kind = stored.get("device") == str(self.device) and stored.get("threads") == threads
+        if same_kind and not noisy_step_time(stored):
             return
         measured = measure_step_time(
             self.workload, data, batch_size, self.config.optimizer, seed=self.config.seed
-        )
-        times[str(batch_size)] = measured.as_dict()
+        ).as_dict()
+        if same_kind and stored["high"] / stored["low"] <= measured["high"] / measured["low"]:
+            return
+        times[str(batch_size)] = measured
         store.set_metadata("step_times", times)
 
     def _record_noise_scales(self, store: StudyStore) -> None:
@@ -791,7 +800,8 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
     if trials.empty:
         return summary
     result = steps_to_result(measurements, metric, meta["target"], meta["maximize"])
-    reached = trials_reaching(measurements, metric, meta["target"], meta["maximize"])
+    outcomes = trial_outcomes(measurements, trials, metric, meta["target"], meta["maximize"])
+    counts = outcomes.groupby(level="batch_size").value_counts().unstack(fill_value=0)
     for batch_size, group in trials.groupby(level="batch_size"):
         steps = result["steps"].get(batch_size, math.nan)
         best = None if pd.isna(steps) else int(result["trial_id"][batch_size])
@@ -803,6 +813,7 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
                 for name in (d["name"] for d in meta["search_space"]["dimensions"])
                 if name in row and not pd.isna(row[name])
             }
+        tally = counts.loc[batch_size]
         timing = meta.get("step_times", {}).get(str(batch_size))
         step_time = None if timing is None else float(timing["median"])
         replicated = meta.get("replicates", {}).get(str(batch_size))
@@ -813,9 +824,11 @@ def summarize(store: StudyStore, metric_name: str) -> StudySummary:
                 best_trial=best,
                 best_params=params,
                 trials=len(group),
-                reached=int(reached.get(batch_size, 0)),
-                diverged=int((group["status"] == Status.INFEASIBLE).sum()),
-                pruned=int((group["status"] == Status.PRUNED).sum()),
+                reached=int(tally.get("reached", 0)),
+                missed=int(tally.get("missed", 0)),
+                diverged=int(tally.get("diverged", 0)),
+                pruned=int(tally.get("pruned", 0)),
+                incomplete=int(tally.get("incomplete", 0)),
                 step_time=step_time,
                 time_to_result=(
                     None if step_time is None or pd.isna(steps) else step_time * float(steps)

@@ -30,6 +30,7 @@ from batchscale.analysis.checks import (
     fit_warnings,
     goal_warnings,
     late_winner_warnings,
+    step_time_warnings,
 )
 from batchscale.analysis.goals import (
     GoalCurve,
@@ -103,6 +104,7 @@ __all__ = [
     "reached_goal",
     "regimes",
     "step_budgets",
+    "step_time_warnings",
     "steps_at_goals",
     "steps_to_result",
     "stop_goal",

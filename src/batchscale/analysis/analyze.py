@@ -16,7 +16,7 @@ from batchscale.analysis.budgets import (
     common_example_budget,
     common_step_budget,
 )
-from batchscale.analysis.checks import DesignWarning, collect_warnings
+from batchscale.analysis.checks import DesignWarning, collect_warnings, step_time_warnings
 from batchscale.analysis.goals import GoalCurve, goal_curves
 from batchscale.analysis.scaling import Regimes, ScalingFit, fit_measurements, regimes
 from batchscale.analysis.steps_to_result import trials_reaching
@@ -177,7 +177,7 @@ class StoredStudy:
         if self.measurements.empty:
             raise ValueError(f"{self.path} holds no measurements yet; run the study first")
         meta = self.meta
-        return analyze(
+        analysis = analyze(
             self.measurements,
             self.trials,
             f"val/{meta['metric']}",
@@ -189,6 +189,8 @@ class StoredStudy:
             raced=meta.get("mode") == "race",
             **options,
         )
+        analysis.warnings += step_time_warnings(meta.get("step_times") or {})
+        return analysis
 
 
 def analyze_store(

@@ -6,7 +6,7 @@ None of them is an error: each says what the study could not rule out, and what 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,9 +14,16 @@ import numpy as np
 import pandas as pd
 
 from batchscale.analysis.goals import GoalCurve, goal_curves
-from batchscale.analysis.scaling import ScalingFit, fit_steps_to_result, fittable
+from batchscale.analysis.scaling import (
+    ScalingFit,
+    fit_steps_to_result,
+    fittable,
+    no_fit_reason,
+    untrained_batch_sizes,
+)
 from batchscale.analysis.steps_to_result import trials_reaching
 from batchscale.analysis.winners import winners
+from batchscale.formatting import format_seconds
 from batchscale.search import SearchSpace
 
 
@@ -167,7 +174,7 @@ def easy_goal_warnings(winning: pd.DataFrame) -> list[DesignWarning]:
     There the winner is whichever trial has the smallest id, and the batch size says nothing
     about scaling (it drops out of the fit).
     """
-    easy = [int(size) for size, steps in winning["steps"].items() if steps == 0]
+    easy = untrained_batch_sizes(winning.index, winning["steps"])
     if not easy:
         return []
     plural = "s" if len(easy) > 1 else ""
@@ -184,15 +191,27 @@ def easy_goal_warnings(winning: pd.DataFrame) -> list[DesignWarning]:
     ]
 
 
-def fit_warnings(fit: ScalingFit | None) -> list[DesignWarning]:
-    """No fit, or a critical batch size the batch sizes that reached the goal do not locate."""
+def fit_warnings(
+    fit: ScalingFit | None, winning: pd.DataFrame | None = None
+) -> list[DesignWarning]:
+    """No fit, or a critical batch size the batch sizes that reached the goal do not locate.
+
+    ``winning`` (see ``winners``) says why there is no fit.
+    """
     if fit is None:
+        if winning is None:
+            winning = pd.DataFrame({"steps": []})
+        sizes, steps = winning.index, winning["steps"]
+        fix = (
+            "choose a harder goal"
+            if untrained_batch_sizes(sizes, steps)
+            else "add trials or batch sizes, or choose an easier goal"
+        )
         return [
             DesignWarning(
                 check="fit",
                 message=(
-                    "the goal was reached at fewer than two batch sizes, so S(B) cannot be "
-                    "fitted; add trials or batch sizes, or choose an easier goal"
+                    f"the goal was {no_fit_reason(sizes, steps)}, so S(B) cannot be fitted; {fix}"
                 ),
             )
         ]
@@ -203,7 +222,7 @@ def fit_warnings(fit: ScalingFit | None) -> list[DesignWarning]:
             DesignWarning(
                 check="fit",
                 message=(
-                    f"steps to result {shape} across the measured batch sizes "
+                    f"steps to result {shape} across the batch sizes that reached the goal "
                     f"[{low:g}, {high:g}], so the critical batch size is not located: "
                     f"measure {'larger' if fit.b_crit > high else 'smaller'} batch sizes"
                 ),
@@ -214,8 +233,8 @@ def fit_warnings(fit: ScalingFit | None) -> list[DesignWarning]:
             DesignWarning(
                 check="fit",
                 message=(
-                    f"the fitted critical batch size {fit.b_crit:.3g} lies outside the measured "
-                    f"batch sizes [{low:g}, {high:g}], so it is an extrapolation"
+                    f"the fitted critical batch size {fit.b_crit:.3g} lies outside the batch "
+                    f"sizes that reached the goal [{low:g}, {high:g}], so it is an extrapolation"
                 ),
             )
         ]
@@ -271,6 +290,44 @@ def goal_warnings(curves: Sequence[GoalCurve], max_ratio: float = 2.0) -> list[D
     return found
 
 
+# Step times whose slowest repeat took this many times the fastest were taken on a busy machine.
+NOISY_STEP_TIME = 1.5
+
+
+def noisy_step_time(entry: Mapping[str, Any]) -> bool:
+    """Whether a stored step time's slowest repeat took over ``NOISY_STEP_TIME`` times its
+    fastest."""
+    return bool(entry.get("low")) and entry["high"] > NOISY_STEP_TIME * entry["low"]
+
+
+def step_time_warnings(step_times: Mapping[str, Mapping[str, Any]]) -> list[DesignWarning]:
+    """Batch sizes whose step time varied more than ``NOISY_STEP_TIME``-fold between repeats.
+
+    ``step_times`` is the store's entry: per batch size, ``median``, ``low`` and ``high``.
+    """
+    noisy = {
+        int(size): f"{format_seconds(entry['low'])} to {format_seconds(entry['high'])}"
+        for size, entry in step_times.items()
+        if noisy_step_time(entry)
+    }
+    if not noisy:
+        return []
+    ordered = dict(sorted(noisy.items()))
+    plural = "s" if len(ordered) > 1 else ""
+    return [
+        DesignWarning(
+            check="step_time",
+            batch_sizes=tuple(ordered),
+            message=(
+                f"the step time at batch size{plural} {_listing(ordered)} varied more than "
+                f"{NOISY_STEP_TIME:g}-fold between repeats: the machine was busy, so time to "
+                "result there is uncertain; resume the study on a quiet machine "
+                "(batchscale run --store FILE) to measure it again"
+            ),
+        )
+    ]
+
+
 def collect_warnings(
     winning: pd.DataFrame,
     reached: pd.Series,
@@ -289,7 +346,7 @@ def collect_warnings(
     if search_space is not None:
         found += edge_warnings(winning, search_space, edge_fraction)
     found += late_winner_warnings(winning, late_fraction)
-    found += fit_warnings(fit)
+    found += fit_warnings(fit, winning)
     found += goal_warnings(curves, max_b_crit_ratio)
     return found
 

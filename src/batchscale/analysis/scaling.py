@@ -31,6 +31,8 @@ B_CRIT_RANGE_FACTOR = 1000.0
 _GRID_POINTS = 400
 _CHUNK = 256
 
+FitQuantity = Literal["s_min", "b_crit", "e_min"]
+
 # Steps to result per batch size: numbers, with None, NaN or pandas' NA where the goal was missed.
 Steps = ArrayLike | Sequence[float | None]
 
@@ -88,28 +90,41 @@ class ScalingFit:
         sizes = np.asarray(batch_sizes, dtype=float)
         return np.asarray(self.s_min * (1.0 + self.b_crit / sizes), dtype=float)
 
+    def interval_text(self, quantity: FitQuantity) -> str:
+        """The interval of ``quantity`` as ``[low, high]``, or ``""`` where it has none.
+
+        An end of B_crit's interval at the bottom of its searched range reads ``≈ 0``, one at
+        the top ``unbounded``; E_min = S_min B_crit follows B_crit's open ends.
+        """
+        if quantity == "s_min":
+            return format_interval(self.s_min_interval)
+        b_crit = format_interval(self.b_crit_interval, self.b_crit_bounds)
+        if quantity == "b_crit":
+            return b_crit
+        e_min = format_interval(self.e_min_interval)
+        if not e_min or not b_crit:
+            return e_min
+        low, high = e_min[1:-1].split(", ")
+        b_low, b_high = b_crit[1:-1].split(", ")
+        low = b_low if b_low == "≈ 0" else low
+        high = b_high if b_high == "unbounded" else high
+        return f"[{low}, {high}]"
+
     def describe(self) -> str:
         """One line: S_min, B_crit and E_min with their intervals, written as the report writes
-        them: an end of B_crit's interval at the edge of the range B_crit is searched in reads
-        ``unbounded``."""
+        them (see ``b_crit_text`` and ``interval_text``)."""
 
-        def quantity(
-            name: str,
-            value: float,
-            interval: tuple[float, float] | None,
-            bounds: tuple[float, float] | None = None,
-        ) -> str:
-            shown = self.b_crit_text() if name == "B_crit" else format_number(value)
+        def quantity(name: str, shown: str, interval: str) -> str:
             named = f"{name} {shown}" if shown.startswith("≈") else f"{name} = {shown}"
-            if interval is None:
+            if not interval:
                 # Where the other quantities have one, say so, as the report's "no interval".
                 return named + (" (no interval)" if self.interval_method != "none" else "")
-            return f"{named} {format_interval(interval, bounds)}"
+            return f"{named} {interval}"
 
         parts = [
-            quantity("S_min", self.s_min, self.s_min_interval),
-            quantity("B_crit", self.b_crit, self.b_crit_interval, self.b_crit_bounds),
-            quantity("E_min", self.e_min, self.e_min_interval),
+            quantity("S_min", format_number(self.s_min), self.interval_text("s_min")),
+            quantity("B_crit", self.b_crit_text(), self.interval_text("b_crit")),
+            quantity("E_min", format_number(self.e_min), self.interval_text("e_min")),
         ]
         if self.interval_method == "none":
             how = (
@@ -169,6 +184,30 @@ def fittable(batch_sizes: ArrayLike, steps: Steps) -> bool:
     return len(np.unique(sizes)) >= 2
 
 
+def untrained_batch_sizes(batch_sizes: ArrayLike, steps: Steps) -> list[int]:
+    """Batch sizes whose steps to result is 0: the untrained model already meets the goal."""
+    counts = pd.Series(steps, dtype="Float64").to_numpy(dtype=float, na_value=np.nan)
+    return [
+        int(b) for b, s in zip(np.asarray(batch_sizes, dtype=float), counts, strict=True) if s == 0
+    ]
+
+
+def no_fit_reason(batch_sizes: ArrayLike, steps: Steps) -> str:
+    """Why ``fittable`` is false, as the end of "the goal was ...".
+
+    A goal the untrained model meets counts as reached, but not as a point of the curve: said
+    so, since the fix is then a harder goal, not more trials.
+    """
+    untrained = untrained_batch_sizes(batch_sizes, steps)
+    if not untrained:
+        return "reached at fewer than two batch sizes"
+    listed = ", ".join(str(b) for b in untrained)
+    return (
+        "reached after training at fewer than two batch sizes (the untrained model meets it "
+        f"at {listed})"
+    )
+
+
 def _log_bounds(sizes: NDArray[np.float64]) -> tuple[float, float]:
     return (
         math.log(sizes.min() / B_CRIT_RANGE_FACTOR),
@@ -207,12 +246,6 @@ def _fit_log_space(
     )
     theta = np.asarray(solution.x, dtype=float)
     return theta, residuals(theta), jacobian(theta)
-
-
-def _percentiles(values: NDArray[np.float64], confidence: float) -> tuple[float, float]:
-    tail = 50.0 * (1.0 - confidence)
-    low, high = np.percentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
 
 
 def fit_steps_to_result(
@@ -254,7 +287,7 @@ def fit_steps_to_result(
         interval_method="none",
     )
     if replicates is not None:
-        return replace(fit, **_bootstrap_intervals(batch_sizes, replicates, confidence))
+        return replace(fit, **_bootstrap_intervals(batch_sizes, steps, replicates, confidence))
     dof = len(sizes) - 2
     if dof < 1 or at_bound:
         return fit
@@ -308,35 +341,58 @@ def _fit_grid(
 
 
 def _bootstrap_intervals(
-    batch_sizes: ArrayLike, replicates: ArrayLike, confidence: float
+    batch_sizes: ArrayLike, steps: Steps, replicates: ArrayLike, confidence: float
 ) -> dict[str, Any]:
     sizes = np.asarray(batch_sizes, dtype=float)
     rows = np.asarray(replicates, dtype=float)
     if rows.ndim != 2 or rows.shape[1] != len(sizes):
         raise ValueError(f"replicates must have shape (samples, {len(sizes)}), got {rows.shape}")
-    usable = np.isfinite(rows) & (rows > 0) & np.isfinite(sizes) & (sizes > 0)
-    estimates = []
-    # Resamples that reach the goal at the same batch sizes are fitted together.
-    for mask in np.unique(usable, axis=0):
-        if len(np.unique(sizes[mask])) < 2:
-            continue
-        group = np.log(rows[(usable == mask).all(axis=1)][:, mask])
-        kept = sizes[mask]
+    point = np.asarray(steps, dtype=float)
+    reached = np.isfinite(point) & (point > 0) & np.isfinite(sizes) & (sizes > 0)
+    # Only resamples that reach the goal at every batch size the estimate rests on are fitted:
+    # pooling fits over other sets of batch sizes would mix different curves.
+    complete = rows[(np.isfinite(rows[:, reached]) & (rows[:, reached] > 0)).all(axis=1)]
+    kept = sizes[reached]
+    estimates = [
         # In chunks, so the (curves, grid, points) array stays a few megabytes.
-        for start in range(0, len(group), _CHUNK):
-            chunk = group[start : start + _CHUNK]
-            estimates.append(_fit_grid(np.log(kept), chunk, _log_bounds(kept)))
-    fitted = sum(len(e) for e in estimates)
-    method = f"bootstrap over trials ({fitted} of {len(rows)} resamples fitted)"
-    if not estimates:
-        return {"interval_method": method}
-    values = np.exp(np.concatenate(estimates))
-    return {
-        "interval_method": method,
-        "s_min_interval": _percentiles(values[:, 0], confidence),
-        "b_crit_interval": _percentiles(values[:, 1], confidence),
-        "e_min_interval": _percentiles(values[:, 0] * values[:, 1], confidence),
+        _fit_grid(
+            np.log(kept), np.log(complete[start : start + _CHUNK, reached]), _log_bounds(kept)
+        )
+        for start in range(0, len(complete), _CHUNK)
+    ]
+    lost = len(rows) - len(complete)
+    method = f"bootstrap over trials ({len(complete)} of {len(rows)} resamples fitted)"
+    values = np.exp(np.concatenate(estimates)) if estimates else np.empty((0, 2))
+    intervals = {
+        "s_min_interval": _worst_case_percentiles(values[:, 0], lost, confidence),
+        "b_crit_interval": _worst_case_percentiles(values[:, 1], lost, confidence),
+        "e_min_interval": _worst_case_percentiles(values[:, 0] * values[:, 1], lost, confidence),
     }
+    if lost and intervals["s_min_interval"] is None:
+        method = (
+            f"bootstrap over trials: {lost} of {len(rows)} resamples miss the goal at a batch "
+            "size where few trials reached it, too many for an interval"
+        )
+    return {"interval_method": method, **intervals}
+
+
+def _worst_case_percentiles(
+    fitted: NDArray[np.float64], lost: int, confidence: float
+) -> tuple[float, float] | None:
+    """The percentile interval over ``fitted`` and ``lost`` resamples that have no fit.
+
+    A lost resample's fit could lie on either side, so each end is read as if every lost one
+    lay beyond it; where that leaves an end outside the fitted values there is no interval.
+    Without lost resamples these are the plain order-statistic percentiles.
+    """
+    total = len(fitted) + lost
+    tail = (1.0 - confidence) / 2.0
+    low = math.floor(tail * (total - 1)) - lost
+    high = math.ceil((1.0 - tail) * (total - 1))
+    if total == 0 or low < 0 or high >= len(fitted):
+        return None
+    ordered = np.sort(fitted)
+    return float(ordered[low]), float(ordered[high])
 
 
 def bootstrap_steps_to_result(
@@ -449,15 +505,15 @@ class Regimes:
             )
         elif self.perfect_until == self.batch_sizes[-1]:
             parts.append(
-                "Perfect scaling holds across every measured batch size, up to "
+                "Perfect scaling holds across every batch size that reached the goal, up to "
                 f"{size(self.perfect_until)}."
             )
         else:
             parts.append(f"Perfect scaling holds up to batch size {size(self.perfect_until)}.")
         if self.maximal_from is None:
             parts.append(
-                "Larger batches still save steps at the largest measured batch size "
-                f"({size(self.batch_sizes[-1])}): maximal data parallelism is not reached."
+                "Larger batches still save steps at the largest batch size that reached the "
+                f"goal ({size(self.batch_sizes[-1])}): maximal data parallelism is not reached."
             )
         else:
             parts.append(

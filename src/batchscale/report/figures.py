@@ -583,6 +583,18 @@ def plot_best_metric(
     ax.set_title(title)
 
 
+def common_start(curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> float | None:
+    """The smallest batch size at which every curve that reached the goal anywhere reached it,
+    or ``None`` where they share none."""
+    reached = []
+    for batch_sizes, steps in curves.values():
+        sizes, _, keep = _finite(batch_sizes, steps)
+        if keep.any():
+            reached.append(set(sizes[keep].tolist()))
+    shared = set.intersection(*reached) if reached else set()
+    return min(shared) if shared else None
+
+
 def plot_comparison(
     ax: Axes,
     curves: Mapping[str, tuple[ArrayLike, ArrayLike]],
@@ -590,16 +602,20 @@ def plot_comparison(
     normalise: bool = False,
     legend: bool = True,
 ) -> None:
-    """Several studies' steps to result on one log-log plot, optionally relative to their first.
+    """Several studies' steps to result on one log-log plot, optionally normalised.
 
     ``curves`` maps a label to (batch sizes, steps). With ``normalise`` each curve is divided
-    by its steps at its smallest reached batch size, as the paper compares workloads, and
-    perfect scaling is drawn from each curve's own start (studies may start at different batch
-    sizes). A study that reached the goal nowhere is named in the legend as such.
+    by its steps at the smallest batch size every curve reached (``common_start``), where all
+    start at 1 and one perfect-scaling line serves them all. Where they share no such batch
+    size, each is divided by its steps at its own smallest reached batch size, as the paper
+    compares workloads, and perfect scaling is drawn from each curve's own start. A study that
+    reached the goal nowhere is named in the legend as such.
     """
     cmap = colormaps["tab10"]
     markers = "osD^vP*Xh<>"
+    common = common_start(curves) if normalise else None
     drawn_reference = False
+    span: list[float] = []
     format_batch_axis(ax)
     ax.set_yscale("log")
     for index, (label, (batch_sizes, steps)) in enumerate(curves.items()):
@@ -608,17 +624,20 @@ def plot_comparison(
         if not keep.any():
             ax.plot([], [], linestyle="none", color=color, label=f"{label} (goal not reached)")
             continue
-        reached = sizes[keep]
-        shown = counts[keep] / counts[keep][0] if normalise else counts[keep]
+        reached, values = sizes[keep], counts[keep]
+        span += [float(reached[0]), float(reached[-1])]
+        if normalise:
+            start = common if common is not None else reached[0]
+            values = values / values[reached == start][0]
         ax.plot(
             reached,
-            shown,
+            values,
             marker=markers[index % len(markers)],
             markersize=4,
             color=color,
             label=label,
         )
-        if normalise and len(reached) > 1:
+        if normalise and common is None and len(reached) > 1:
             grid = np.geomspace(reached[0], reached[-1], 50)
             ax.plot(
                 grid,
@@ -630,6 +649,16 @@ def plot_comparison(
                 label="_nolegend_",
             )
             drawn_reference = True
+    if common is not None and min(span) < max(span):
+        grid = np.geomspace(min(span), max(span), 50)
+        ax.plot(
+            grid,
+            common / grid,
+            linestyle=(0, (4, 3)),
+            color=REFERENCE_COLOR,
+            linewidth=0.8,
+            label="perfect scaling",
+        )
     if drawn_reference:
         # One entry in a neutral colour stands for every curve's own reference line.
         ax.plot(
@@ -641,7 +670,12 @@ def plot_comparison(
             label=PERFECT_SCALING_EACH,
         )
     ax.set_xlabel("Batch size")
-    ax.set_ylabel("Steps relative to smallest batch size" if normalise else "Steps to result")
+    if not normalise:
+        ax.set_ylabel("Steps to result")
+    elif common is not None:
+        ax.set_ylabel(f"Steps relative to batch size {common:g}")
+    else:
+        ax.set_ylabel("Steps relative to each curve's first")
     format_value_axis(ax)
     if legend:
         ax.legend(loc="lower left")
@@ -785,8 +819,9 @@ def trial_outcomes_figure(
             label=style["label"],
         )
         for outcome, style in OUTCOME_STYLES.items()
-        # Only imported studies have trials that stopped early for another reason.
-        if outcome != "incomplete" or (outcomes == "incomplete").any()
+        # Diverged, pruned (never in full mode) and incomplete (only in imported data) are
+        # named only where some trial ended so.
+        if outcome in ("reached", "missed") or (outcomes == outcome).any()
     ]
     handles.append(
         Line2D(
@@ -907,7 +942,10 @@ def comparison_figure(curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> Figu
     plot_comparison(raw, curves, legend=False)
     plot_comparison(relative, curves, normalise=True, legend=False)
     raw.set_title("Steps to result")
-    relative.set_title("Normalised to each curve's start")
+    common = common_start(curves)
+    relative.set_title(
+        "Normalised to each curve's start" if common is None else f"Normalised at {common:g}"
+    )
     # One legend below both panels: inside either, it would cover some study's points.
     handles, labels = relative.get_legend_handles_labels()
     figure.legend(

@@ -29,9 +29,9 @@ from batchscale.analysis.analyze import StoredStudy, StudyAnalysis
 from batchscale.analysis.budgets import step_budgets, stopped_within_budget
 from batchscale.analysis.cost import DataParallelCost
 from batchscale.analysis.goals import stop_goal
-from batchscale.analysis.scaling import ScalingFit
+from batchscale.analysis.scaling import FitQuantity, no_fit_reason
 from batchscale.analysis.winners import OUTCOMES, winner_metaparameters
-from batchscale.formatting import column_cells, format_interval, format_number
+from batchscale.formatting import column_cells, format_number, format_seconds
 from batchscale.report import extras, figures
 from batchscale.search import SearchSpace
 
@@ -142,29 +142,24 @@ def _sign(maximize: bool) -> str:
     return ">" if maximize else "<"
 
 
-def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
+def _fit_headline(analysis: StudyAnalysis, raced: bool) -> str:
+    fit = analysis.fit
     if fit is None:
-        return (
-            "<p>No fit: the goal was reached at fewer than two batch sizes. See the "
-            "warnings below.</p>"
-        )
-    cards = [
-        ("S<sub>min</sub> (fewest steps)", fit.s_min, fit.s_min_interval, False),
-        ("B<sub>crit</sub> (critical batch size)", fit.b_crit, fit.b_crit_interval, True),
+        reason = no_fit_reason(analysis.winners.index, analysis.winners["steps"])
+        return f"<p>No fit: the goal was {_esc(reason)}. See the warnings below.</p>"
+    cards: list[tuple[str, str, FitQuantity]] = [
+        ("S<sub>min</sub> (fewest steps)", format_number(fit.s_min), "s_min"),
+        ("B<sub>crit</sub> (critical batch size)", fit.b_crit_text(), "b_crit"),
         (
             "E<sub>min</sub> = S<sub>min</sub> B<sub>crit</sub> (fewest examples)",
-            fit.e_min,
-            fit.e_min_interval,
-            False,
+            format_number(fit.e_min),
+            "e_min",
         ),
     ]
     blocks = "".join(
-        f'<div><div class="name">{name}</div><div class="value">'
-        f"{fit.b_crit_text() if bounded else format_number(value)}</div>"
-        f'<div class="interval">'
-        f"{format_interval(interval, fit.b_crit_bounds if bounded else None) or 'no interval'}"
-        "</div></div>"
-        for name, value, interval, bounded in cards
+        f'<div><div class="name">{name}</div><div class="value">{value}</div>'
+        f'<div class="interval">{fit.interval_text(quantity) or "no interval"}</div></div>'
+        for name, value, quantity in cards
     )
     note = (
         f"Fit of S(B) = S<sub>min</sub> (1 + B<sub>crit</sub> / B) by least squares on log steps "
@@ -192,14 +187,17 @@ def _fit_headline(fit: ScalingFit | None, raced: bool) -> str:
     return f'<div class="headline">{blocks}</div><p>{note}</p>'
 
 
-def _summary_table(analysis: StudyAnalysis) -> str:
+def _summary_table(analysis: StudyAnalysis, step_times: dict[str, Any]) -> str:
     """The main table, compact so that all its columns fit the page without scrolling."""
-    headers, rows = _summary_rows(analysis)
+    headers, rows = _summary_rows(analysis, step_times)
     # The regime ("maximal data parallelism") wraps rather than widens the table.
     return _table(headers, rows, text={headers.index("regime")}, css_class="compact")
 
 
-def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
+def _summary_rows(
+    analysis: StudyAnalysis, step_times: dict[str, Any]
+) -> tuple[list[str], list[list[str]]]:
+    """The main table's rows; ``step_times`` is the store's entry (imported studies have none)."""
     winners = analysis.winners
     params = winner_metaparameters(winners)
     if "effective_learning_rate" in winners.columns:
@@ -218,10 +216,9 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
         "regime",
         " / ".join(shown),
     ]
-    # Imported studies carry no times (stored as 0): no column rather than a column of zeros.
-    timed = "train_time" in winners.columns and bool((winners["train_time"] > 0).any())
+    timed = bool(step_times)
     if timed:
-        headers.append("winner's train time (s)")
+        headers += ["step time", "time to result"]
     goals = _goals(analysis)
     # Each column at one precision; values compared with a goal never print as the goal.
     columns = {
@@ -248,7 +245,12 @@ def _summary_rows(analysis: StudyAnalysis) -> tuple[list[str], list[list[str]]]:
             " / ".join(str(int(tally.get(o, 0))) for o in shown),
         ]
         if timed:
-            cells.append(format_number(row["train_time"]))
+            seconds = (step_times.get(str(size)) or {}).get("median")
+            cells.append(format_seconds(seconds))
+            if seconds is None or pd.isna(row["steps"]):
+                cells.append("-")
+            else:
+                cells.append(format_seconds(seconds * float(row["steps"])))
         rows.append(cells)
     return headers, rows
 
@@ -710,13 +712,14 @@ def _write_report(
             "Steps to result: the fewest steps any trial at a batch size needed to get "
             f"{_esc(goal)}.</p>",
             "<h2>The scaling fit</h2>",
-            _fit_headline(analysis.fit, raced=meta.get("mode") == "race"),
+            _fit_headline(analysis, raced=meta.get("mode") == "race"),
             "<h2>Regimes</h2>",
             _regimes_html(analysis),
-            f"<h2>Design checks ({len(analysis.warnings)} warnings)</h2>",
+            f"<h2>Design checks ({len(analysis.warnings)} "
+            f"warning{'' if len(analysis.warnings) == 1 else 's'})</h2>",
             _warnings_html(analysis),
             "<h2>Steps to result per batch size</h2>",
-            _summary_table(analysis),
+            _summary_table(analysis, meta.get("step_times") or {}),
             f"<p>Validation and test: the winner's {_esc(analysis.metric.partition('/')[2])} "
             "on each split at the step it reached the goal; the test value is the honest one, "
             "since the winner was picked on validation data.</p>",
@@ -757,10 +760,11 @@ def write_comparison(
 ) -> Path:
     """Overlay several studies' steps to result and write ``out_dir/comparison.html``.
 
-    The figure shows the raw curves and the curves divided by each study's steps at its
-    smallest reached batch size (the paper's way of comparing workloads of different
-    lengths). ``labels`` default to "workload / optimizer", with the file name added where two
-    studies would share a label. Returns the page's path.
+    The figure shows the raw curves and the curves divided by their steps at the smallest
+    batch size every study reached (or, with none in common, at each study's own smallest: the
+    paper's way of comparing workloads of different lengths). ``labels`` default to
+    "workload / optimizer", with the file name added where two studies would share a label.
+    Returns the page's path.
     """
     if not store_paths:
         raise ValueError("compare needs at least one study")
@@ -770,46 +774,61 @@ def write_comparison(
     for path in store_paths:
         study = StoredStudy.read(path)
         analysis = study.analyze(bootstrap_samples=bootstrap_samples, seed=seed)
-        studies.append((Path(path), study.meta, analysis))
+        studies.append((Path(path), study.meta, analysis, budget_text(study.trials)))
     with _output_folder(Path(out_dir)) as out:
         return _write_comparison(studies, labels, out)
 
 
+def budget_text(trials: pd.DataFrame) -> str:
+    """A study's budget in words: the same steps at every batch size, the same examples, or a
+    range of steps; ``-`` where the trials record none."""
+    if "step_budget" not in trials.columns:
+        return "-"
+    budgets = trials["step_budget"].groupby(level="batch_size").max().dropna()
+    budgets = budgets[budgets > 0]
+    if budgets.empty:
+        return "-"
+    if budgets.nunique() == 1:
+        return f"{int(budgets.iloc[0]):,} steps"
+    examples = budgets * budgets.index.to_numpy()
+    # An example budget is rounded up to whole steps: within one batch of the same number.
+    if examples.max() - examples.min() < budgets.index.max():
+        return f"{int(examples.min()):,} examples"
+    return f"{int(budgets.min()):,} to {int(budgets.max()):,} steps"
+
+
 def _write_comparison(
-    studies: list[tuple[Path, dict[str, Any], StudyAnalysis]],
+    studies: list[tuple[Path, dict[str, Any], StudyAnalysis, str]],
     labels: Sequence[str] | None,
     out: Path,
 ) -> Path:
-    names = list(labels) if labels is not None else [_study_label(m) for _, m, _ in studies]
+    names = list(labels) if labels is not None else [_study_label(m) for _, m, _, _ in studies]
     if labels is None:
         shared = {name for name in names if names.count(name) > 1}
         names = [
             f"{name} ({path.stem})" if name in shared else name
-            for name, (path, _, _) in zip(names, studies, strict=True)
+            for name, (path, _, _, _) in zip(names, studies, strict=True)
         ]
     curves = {
         name: (
             analysis.winners.index.to_numpy(dtype=float),
             analysis.winners["steps"].to_numpy(dtype=float, na_value=np.nan),
         )
-        for name, (_, _, analysis) in zip(names, studies, strict=True)
+        for name, (_, _, analysis, _) in zip(names, studies, strict=True)
     }
-    starts = {
-        float(sizes[np.isfinite(steps) & (steps > 0)].min())
-        for sizes, steps in curves.values()
-        if (np.isfinite(steps) & (steps > 0)).any()
-    }
-    caption = (
-        "Left: steps to result of each study. Right: each curve divided by its steps at its "
-        "smallest reached batch size; each dashed line, in its curve's colour, is perfect "
-        "scaling from that curve's start."
-    )
-    if len(starts) > 1:
-        caption += (
-            " The studies' smallest reached batch sizes differ ("
-            + ", ".join(format_number(b) for b in sorted(starts))
-            + "), so each curve is normalised to its own smallest batch size and starts at 1 "
-            "there, not at a common batch size."
+    common = figures.common_start(curves)
+    if common is not None:
+        caption = (
+            "Left: steps to result of each study. Right: each curve divided by its steps at "
+            f"batch size {format_number(common)}, the smallest that every study reached the goal "
+            "at; the dashed line is perfect scaling from there."
+        )
+    else:
+        caption = (
+            "Left: steps to result of each study. Right: each curve divided by its steps at "
+            "its own smallest reached batch size, since no batch size reached the goal in every "
+            "study; each dashed line, in its curve's colour, is perfect scaling from that "
+            "curve's start."
         )
     with figures.paper_style():
         rendered = save_figure(
@@ -820,7 +839,7 @@ def _write_comparison(
             caption,
         )
     rows = []
-    for name, (path, _, analysis) in zip(names, studies, strict=True):
+    for name, (path, _, analysis, budget) in zip(names, studies, strict=True):
         fit = analysis.fit
         regimes = analysis.regimes
         rows.append(
@@ -828,15 +847,10 @@ def _write_comparison(
                 _esc(name),
                 _esc(path),
                 _esc(f"{analysis.metric} {_sign(analysis.maximize)} {analysis.target:g}"),
+                budget,
                 f"{int(analysis.winners['steps'].notna().sum())} of {len(analysis.batch_sizes)}",
-                "-"
-                if fit is None
-                else f"{format_number(fit.s_min)} {format_interval(fit.s_min_interval)}",
-                "-"
-                if fit is None
-                else (
-                    f"{fit.b_crit_text()} {format_interval(fit.b_crit_interval, fit.b_crit_bounds)}"
-                ),
+                "-" if fit is None else f"{format_number(fit.s_min)} {fit.interval_text('s_min')}",
+                "-" if fit is None else f"{fit.b_crit_text()} {fit.interval_text('b_crit')}",
                 "-" if fit is None else format_number(fit.e_min),
                 format_number(regimes.perfect_until),
                 format_number(regimes.maximal_from),
@@ -848,6 +862,7 @@ def _write_comparison(
             "study",
             "store",
             "goal",
+            "budget",
             "batch sizes reaching it",
             "S_min",
             "B_crit",
@@ -857,7 +872,7 @@ def _write_comparison(
             "warnings",
         ],
         rows,
-        text={0, 1, 2},
+        text={0, 1, 2, 3},
     )
     title = "Comparison: " + ", ".join(names)
     body = "".join(
