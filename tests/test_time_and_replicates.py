@@ -18,6 +18,7 @@ from batchscale.analysis.cost import (
 )
 from batchscale.analysis.steps_to_result import steps_to_result
 from batchscale.cli import main
+from batchscale.formatting import format_seconds
 from batchscale.report import write_report
 from batchscale.store import StudyStore
 from batchscale.study import noise_scale_of_winner
@@ -181,6 +182,13 @@ def test_study_stores_step_times_and_replicates(tmp_path: Path) -> None:
         assert section in html
     # The projection's assumptions are on the page, not drawn off the figure's edge.
     assert "8 devices, ring all-reduce of" in html and "10 GB/s" in html
+    # Step times with their repeats' spread, and time to result in the main table too.
+    first = summary.batch_sizes[0]
+    low, high = (meta["step_times"][str(first.batch_size)][k] for k in ("low", "high"))
+    assert "fastest to slowest repeat" in html
+    assert f"{format_seconds(low)} to {format_seconds(high)}" in html
+    if first.time_to_result is not None:
+        assert html.count(f">{format_seconds(first.time_to_result)}<") == 2
     for name in ("time_to_result", "replicates", "noise_scale", "nqm_prediction"):
         assert (tmp_path / "report" / f"{name}.png").is_file()
 

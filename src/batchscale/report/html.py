@@ -409,7 +409,11 @@ def extra_sections(
                 f"and projected onto {cost.devices} data-parallel devices by a cost model "
                 f"(batchscale.analysis.cost): {_esc(cost.describe())}.",
             )
-            sections.append("<h2>Time to result</h2>" + _figure_html(rendered))
+            sections.append(
+                "<h2>Time to result</h2>"
+                + _figure_html(rendered)
+                + _step_time_table(analysis, meta)
+            )
         replicated = extras.replicates_figure(analysis, meta)
         if replicated is not None:
             rows = [
@@ -496,6 +500,29 @@ def _budgets_html(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
         f"({budget.get('train_examples', 0) * epochs:,.0f} examples) without stopping at the "
         f"goal: the best {_esc(analysis.metric)} each batch size reached within that budget:</p>"
         + _table(["batch size", f"best {analysis.metric}", "trial", "step"], rows)
+    )
+
+
+def _step_time_table(analysis: StudyAnalysis, meta: dict[str, Any]) -> str:
+    """Each batch size's step time with the spread of its repeats, and its time to result."""
+    times = meta.get("step_times") or {}
+    steps = analysis.winners["steps"]
+    rows = []
+    for size in sorted(times, key=int):
+        entry = times[size]
+        reached = int(size) in steps.index and not pd.isna(steps[int(size)])
+        rows.append(
+            [
+                size,
+                format_seconds(entry["median"]),
+                f"{format_seconds(entry['low'])} to {format_seconds(entry['high'])}",
+                format_seconds(entry["median"] * float(steps[int(size)])) if reached else "-",
+            ]
+        )
+    return _table(
+        ["batch size", "step time (median)", "fastest to slowest repeat", "time to result"],
+        rows,
+        text={2},
     )
 
 
