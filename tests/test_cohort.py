@@ -31,7 +31,7 @@ from batchscale.training.cohort import (
 )
 from batchscale.training.engine import Engine, first_reaching_step, run_cohort
 from batchscale.training.evaluation import evaluation_steps
-from batchscale.training.reference import initialised_model, intra_op_threads
+from batchscale.training.reference import initialised_model, intra_op_threads, train_reference
 from batchscale.training.trial import RaceBound, Status, StopRules, TrialResult, TrialSpec
 from batchscale.workloads import OPTIMIZERS, CustomWorkload, Optimizer, Workload, get_workload
 from batchscale.workloads.base import Data, EpochSampler
@@ -100,8 +100,9 @@ def _run(
     race: bool,
     plan: CohortPlan | None = None,
     growth: float = GROWTH,
+    fallback: bool = False,
 ) -> list[TrialResult]:
-    if engine == "cohort" and plan is None:
+    if engine == "cohort" and plan is None and not fallback:
         plan = plan_cohort(workload, workload.data(), specs, check_speed=False)
         assert plan is not None, "these models batch"
     results: list[TrialResult] = []
@@ -608,6 +609,28 @@ def test_models_that_cannot_be_batched_fall_back_to_the_reference(
     run_cohort("cohort", workload, data, specs, rules, steps, False, None, results.append)
     assert sorted(r.spec.trial_id for r in results) == [0, 1]
     assert all(r.measurements[-1]["step"] == r.steps for r in results)
+
+
+def test_a_dropout_trial_s_curve_depends_on_its_own_seed_only() -> None:
+    workload = _user_workload(
+        lambda: nn.Sequential(nn.Linear(8, 16), nn.Dropout(0.5), nn.ReLU(), nn.Linear(16, 3)),
+        smoothing=(),
+    )
+    specs = _user_specs(workload, trials=3)
+    never = StopRules(target=0.0, maximize=False, divergence_factor=1e9)
+    steps = evaluation_steps(60, GROWTH)
+    data = workload.data()
+
+    def alone(spec: TrialSpec) -> list[dict[str, float]]:
+        return train_reference(workload, data, spec, never, steps).measurements
+
+    together = _by_id(_run("cohort", workload, specs, never, False, plan=None, fallback=True))
+    torch.manual_seed(123)  # whatever the process's generator holds
+    first = alone(specs[2])
+    torch.rand(1000)
+    assert _exact(first) == _exact(alone(specs[2])) == _exact(together[2].measurements)
+    # The masks do differ from trial to trial.
+    assert _exact(alone(replace(specs[2], seed=specs[1].seed))) != _exact(first)
 
 
 def test_the_reference_s_numbers_do_not_depend_on_the_process_s_threads() -> None:

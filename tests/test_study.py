@@ -136,6 +136,13 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+def test_one_goal_or_one_batch_size_may_be_given_bare(tmp_path: Path) -> None:
+    file = tmp_path / "study.toml"
+    file.write_text("goals = 0.3\nbatch_sizes = 16\n")
+    config = build_config(file)
+    assert config.goals == (0.3,) and config.batch_sizes == (16,)
+
+
 @pytest.mark.parametrize(
     ("table", "message"),
     [
@@ -161,6 +168,8 @@ def test_bad_target_and_unknown_workload(tmp_path: Path) -> None:
         ("seed = 99999999999999999999", "invalid setting 'seed': Input should be less than"),
         ("goals = []", "invalid setting 'goals': goals [] hold no goal"),
         ('goals = ","', "invalid setting 'goals': goals ',' hold no goal"),
+        ("goals = true", "invalid setting 'goals': goals True are not a list of numbers"),
+        ("batch_sizes = true", "batch sizes True are not a list of positive integers"),
         # TOML's true would otherwise read as 1.
         ("target = true", "invalid setting 'target': true is a truth value, not a number"),
         ("trials = false", "invalid setting 'trials': false is a truth value, not a number"),
@@ -282,3 +291,58 @@ def test_an_epoch_budget_counts_whole_examples() -> None:
     study = Study(config, Path("unused.sqlite"))
     assert study.train_examples == 12000
     assert [study.step_budget(b) for b in (16, 128)] == [825, 104]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "message"),
+    [
+        ({"model": nn.Linear(5, 3)}, TypeError, "model must be a function that builds a fresh"),
+        ({"metric": "accuracy"}, TypeError, "metric must be a batchscale Metric"),
+        ({"name": " "}, ValueError, "give the workload a name"),
+        ({"name": "nqm"}, ValueError, "'nqm' is a built-in workload's name"),
+        ({"max_steps": 0}, ValueError, "min_steps and max_steps must be at least 1, got 200 and 0"),
+        ({"model": lambda: nn.Linear(5, 2)}, ValueError, "targets go up to class 2, but the "
+         "model gives 2 logits: make its last layer 3 wide"),
+        ({"model": lambda: nn.Flatten(0)}, ValueError, "must return logits of shape (examples, "
+         "classes); for 2 examples it returned (10,)"),
+        ({"train": (torch.zeros(4, 5), torch.zeros(4))}, TypeError,
+         "the train targets must be class indices (integers), not torch.float32"),
+        ({"test": (torch.zeros(4, 5), torch.tensor([0, -1, 0, 0]))}, ValueError,
+         "the test targets hold -1: class indices start at 0"),
+    ],
+)  # fmt: skip
+def test_a_custom_workload_s_mistakes_are_refused_at_creation(
+    change: dict[str, object], error: type[Exception], message: str
+) -> None:
+    inputs = torch.randn(20, 5)
+    targets = torch.arange(20) % 3
+    given: dict[str, object] = {
+        "name": "mine",
+        "model": lambda: nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3)),
+        "train": (inputs, targets),
+        "validation": (inputs, targets),
+        "test": (inputs, targets),
+        "target": 0.3,
+        **change,
+    }
+    with pytest.raises(error, match=re.escape(message)):
+        CustomWorkload.create(**given)  # type: ignore[arg-type]
+
+
+def test_registering_needs_a_factory_and_a_name_of_one_s_own() -> None:
+    from batchscale import register_workload
+
+    with pytest.raises(TypeError, match="factory must be a function"):
+        register_workload("mine", 5)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="'nqm' is a built-in workload's name"):
+        register_workload("nqm", lambda: _own_workload(8, 0))
+
+
+def test_settings_that_name_another_workload_than_the_one_given_are_refused(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError, match="the settings name the workload 'nqm', but the"):
+        Study(StudyConfig(workload="nqm"), tmp_path / "s.sqlite", _own_workload(8, 0))
+    # Left unset, the workload given names the study.
+    study = Study(StudyConfig(batch_sizes=(8,)), tmp_path / "s.sqlite", _own_workload(8, 0))
+    assert study.config.workload == "my-mlp"

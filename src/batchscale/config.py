@@ -30,12 +30,18 @@ class ConfigError(ValueError):
 
 def parse_batch_sizes(value: Any) -> tuple[int, ...]:
     """Batch sizes from ``"16,32"`` or a list, sorted; ``ValueError`` unless positive integers."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]  # one batch size, as TOML's batch_sizes = 16
     if isinstance(value, str):
         parts = [part.strip() for part in value.split(",")]
         if any(not part for part in parts) and any(parts):
             raise ValueError(f"batch sizes '{value}' have an empty entry; e.g. 16,32,64")
         value = [part for part in parts if part]
-    if not isinstance(value, list | tuple) or not value:
+    if not isinstance(value, list | tuple):
+        raise ValueError(
+            f"batch sizes {value!r} are not a list of positive integers, e.g. 16,32,64"
+        )
+    if not value:
         raise ValueError("give at least one batch size, e.g. 16,32,64")
     sizes = []
     for item in value:
@@ -101,11 +107,15 @@ class StudyConfig(BaseModel):
     @classmethod
     def _parse_goals(cls, value: Any) -> Any:
         given = value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            value = (value,)  # one goal, as TOML's goals = 0.3
         if isinstance(value, str):
             try:
                 value = tuple(float(part) for part in value.split(",") if part.strip())
             except ValueError:
                 raise ValueError(f"goals '{given}' are not comma-separated numbers") from None
+        if value is not None and not isinstance(value, list | tuple):
+            raise ValueError(f"goals {given!r} are not a list of numbers, e.g. [0.27, 0.3]")
         if value is not None and len(value) == 0:
             # Else the default goals would run in their place, unannounced.
             raise ValueError(f"goals {given!r} hold no goal; give numbers, or leave goals out")

@@ -185,6 +185,11 @@ class Study:
         if workload is None:
             workload = configured_workload(config)
         elif config.workload != workload.name:
+            if "workload" in config.model_fields_set:
+                raise ConfigError(
+                    f"the settings name the workload {config.workload!r}, but the workload "
+                    f"given is {workload.name!r}; leave workload out of the settings"
+                )
             self.config = config = config.model_copy(update={"workload": workload.name})
         self.workload = workload
         self.target = config.target if config.target is not None else workload.default_target

@@ -59,7 +59,14 @@ def train_reference(
     depend on the machine's cores (and differ from the cohort engine's and a Ray worker's).
     """
     device = data.validation.inputs.device
-    with intra_op_threads(threads if device.type == "cpu" else None):
+    # A model that draws random numbers (dropout) draws them from the trial's own seed, so a
+    # trial's curve depends on nothing else: not on the trials run before it in this process,
+    # nor on a crash and resume between them.
+    with (
+        intra_op_threads(threads if device.type == "cpu" else None),
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+    ):
+        torch.manual_seed(spec.noise_seed)
         return _train_reference(workload, data, spec, rules, evaluation_steps, race, board)
 
 

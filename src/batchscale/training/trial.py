@@ -54,6 +54,11 @@ class TrialSpec:
         return derive_seed(self.seed, 1)
 
     @property
+    def noise_seed(self) -> int:
+        """Seed of the random numbers the model itself draws in training (dropout masks)."""
+        return derive_seed(self.seed, 2)
+
+    @property
     def learning_rate(self) -> float:
         """Initial learning rate."""
         return self.params["learning_rate"]

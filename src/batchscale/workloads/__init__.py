@@ -43,6 +43,9 @@ _REGISTRY: dict[str, Callable[[], Workload]] = {
 }
 
 
+BUILT_IN_WORKLOADS = frozenset(_REGISTRY)
+
+
 def workload_names() -> list[str]:
     """Names of the registered workloads."""
     return sorted(_REGISTRY)
@@ -78,12 +81,18 @@ def register_workload(name: str, factory: Callable[[], Workload]) -> None:
     """Make ``factory`` available under ``name`` to ``get_workload`` in this process.
 
     ``Study.from_store`` and ``noise_scale_of_winner`` then rebuild a stored study of that
-    workload; the ``batchscale`` command, another process, does not see it.
+    workload; the ``batchscale`` command, another process, does not see it. Registering a
+    name again replaces the factory; a built-in workload's name is refused.
     """
+    if not callable(factory):
+        raise TypeError(f"factory must be a function that returns a Workload, not {factory!r}")
+    if name in BUILT_IN_WORKLOADS:
+        raise ValueError(f"'{name}' is a built-in workload's name; register yours under another")
     _REGISTRY[name] = factory
 
 
 __all__ = [
+    "BUILT_IN_WORKLOADS",
     "CLASSIFICATION_ERROR",
     "OPTIMIZERS",
     "Budget",

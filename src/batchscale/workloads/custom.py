@@ -83,11 +83,39 @@ class CustomWorkload(Workload):
         one_minus_momentum_range: tuple[float, float] = (1e-3, 0.5),
         description: str = "",
     ) -> CustomWorkload:
-        """Build a workload; the step budget at batch size B is ``epochs`` passes, clamped."""
+        """Build a workload; the step budget at batch size B is ``epochs`` passes, clamped.
+
+        Mistakes are refused here, with what to change, rather than deep inside training:
+        ``model`` must build a fresh model each call and return one logit per class, the
+        targets must be class indices, and ``name`` must not be a built-in workload's.
+        """
+        # Here, not at the top: the package's registry imports this module.
+        from batchscale.workloads import BUILT_IN_WORKLOADS
+
+        if isinstance(model, nn.Module) or not callable(model):
+            raise TypeError(
+                f"model must be a function that builds a fresh model, e.g. model=lambda: "
+                f"MyNet(), not {type(model).__name__} (every trial starts from its own)"
+            )
+        if not isinstance(metric, Metric):
+            raise TypeError(
+                f"metric must be a batchscale Metric such as CLASSIFICATION_ERROR, not {metric!r}"
+            )
+        if not name.strip():
+            raise ValueError("give the workload a name: it identifies the study's store")
+        if name in BUILT_IN_WORKLOADS:
+            raise ValueError(f"'{name}' is a built-in workload's name; give yours another")
+        if min(min_steps, max_steps) < 1:
+            raise ValueError(
+                f"min_steps and max_steps must be at least 1, got {min_steps} and {max_steps}"
+            )
+        if not epochs > 0:
+            raise ValueError(f"epochs must be positive, got {epochs}")
         metric.check_target(target)
         data = Data(
             as_split(train, "train"), as_split(validation, "validation"), as_split(test, "test")
         )
+        _check_logits_and_targets(model, data)
         return cls(
             name=name,
             description=description or f"user workload '{name}'",
@@ -100,4 +128,37 @@ class CustomWorkload(Workload):
             one_minus_momentum_range=one_minus_momentum_range,
             model_factory=model,
             splits=data,
+        )
+
+
+def _check_logits_and_targets(model: Callable[[], nn.Module], data: Data) -> None:
+    """Class-index targets, and a model whose output has one logit per class for each example."""
+    splits = {"train": data.train, "validation": data.validation, "test": data.test}
+    for what, split in splits.items():
+        targets = split.targets
+        if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+            raise TypeError(
+                f"the {what} targets must be class indices (integers), not {targets.dtype}"
+            )
+        if len(targets) and int(targets.min()) < 0:
+            raise ValueError(
+                f"the {what} targets hold {int(targets.min())}: class indices start at 0"
+            )
+    examples = data.train.inputs[:2]
+    # Under a forked generator: building a workload leaves the caller's random state alone.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        probe = model()
+        probe.eval()
+        logits = probe(examples)
+    if not isinstance(logits, Tensor) or logits.shape[:1] != (len(examples),) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(
+            "the model must return logits of shape (examples, classes); for "
+            f"{len(examples)} examples it returned {shape}"
+        )
+    largest = max(int(split.targets.max()) for split in splits.values() if len(split.targets))
+    if largest >= logits.shape[1]:
+        raise ValueError(
+            f"the targets go up to class {largest}, but the model gives {logits.shape[1]} "
+            f"logits: make its last layer {largest + 1} wide"
         )
