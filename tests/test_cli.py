@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from batchscale import Study, StudyConfig
+from batchscale import Study, StudyConfig, load_study
 from batchscale.cli import _format_params, main
 from batchscale.store import StoreError, StudyStore
 from batchscale.study import Progress
@@ -272,6 +272,8 @@ def test_noise_scale_command(tiny_store: Path, capsys: pytest.CaptureFixture[str
     # A diverging run has no noise scale worth printing.
     code, out, err = run_cli([*mnist, "--batch-size", "64", "--learning-rate", "1000"], capsys)
     assert code == 2 and "diverged" in err and "lower --learning-rate" in err and not out
+    code, _, err = run_cli([*mnist, "--optimizer", "sgd", "--momentum", "0.9"], capsys)
+    assert code == 2 and err.startswith("error: plain sgd has no momentum; drop --momentum")
     code, _, err = run_cli(["noise-scale", "--study", str(tiny_store), "--batch-size",
                             str(reached[0]), "--device", "mps"], capsys)  # fmt: skip
     assert code == 2 and "unknown device 'mps': use auto, cpu or cuda" in err
@@ -363,6 +365,10 @@ def test_goals_outside_the_metric_s_range_are_refused_by_show_and_report(
             == "error: goal -1.0 is outside the range of loss [0, inf]; choose a goal inside it"
         )
     assert not (tmp_path / "r").exists()
+    # A loss of 0 is never strictly beaten: refused as run refuses --target 0.
+    code, out, err = run_cli(["show", str(tiny_store), "--goals", "0"], capsys)
+    assert code == 2 and not out
+    assert err.startswith("error: goal 0 can never be reached: loss cannot be below 0;")
 
 
 def test_show_prints_the_curve_at_every_goal_asked_for(
@@ -751,3 +757,25 @@ def test_paths_of_the_wrong_kind_are_named_as_such(
         "folder that holds the data sets\n"
     )
     assert not store.exists()
+
+
+def test_a_study_whose_every_trial_diverged_is_an_error_and_keeps_its_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "hot.toml"
+    config.write_text(
+        'workload = "mnist1d-mlp"\noptimizer = "sgd"\nbatch_sizes = [64, 128]\ntrials = 2\n'
+        "step_budget = 50\n[search_space.learning_rate]\n"
+        'scale = "log"\nlow = 1000.0\nhigh = 10000.0\n'
+    )
+    store = tmp_path / "hot.sqlite"
+    code, out, err = run_cli(["run", "--config", str(config), "--store", str(store)], capsys)
+    # After the progress bar, one line.
+    assert code == 2 and err.splitlines()[-1] == (
+        "error: every trial diverged (4 of 4): the learning rates searched are too large; lower "
+        "learning_rate's range under [search_space] in a --config file"
+    )
+    assert "warning: every trial diverged at batch sizes 64, 128" in out
+    assert "no trial reached the goal" not in out
+    assert len(load_study(str(store)).trials()) == 4
+    assert not (tmp_path / "hot-report").exists()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -198,7 +199,9 @@ def test_other_statuses_are_opt_in(archive: Path, tmp_path: Path) -> None:
     import_batch_science(
         archive / MNIST, everything, include_statuses=("COMPLETE", "INCOMPLETE", "INFEASIBLE")
     )
-    assert curve(everything)[0] == (16, 30, 4, 4, 4, 1)
+    # The infeasible trial reached the goal before it diverged: it counts as reached, as in
+    # the report.
+    assert curve(everything)[0] == (16, 30, 4, 4, 4, 0)
     with pytest.raises(BatchScienceError, match="include_statuses"):
         import_batch_science(archive / MNIST, tmp_path / "x.sqlite", include_statuses=("DONE",))
 
@@ -465,11 +468,28 @@ def test_command_line_import_and_bad_source(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {store} holds released data imported from ")
     assert "read it with show, report or compare" in err and store.read_bytes() == before
+    # nor has it a model whose gradient noise could be measured
+    assert main(["noise-scale", "--study", str(store), "--batch-size", "16"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: {store} holds released measurements, not a model to train; follow a winner "
+        "of a study batchscale ran\n"
+    )
     assert main(["import-batch-science", str(tmp_path / "nowhere"), "--store", "x.sqlite"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
     # A folder given as the store, even with --force, is refused before anything is read.
     assert main([*args, "--store", str(tmp_path), "--force"]) == 2
     assert "is a folder, not a study file" in capsys.readouterr().err
+
+
+def test_a_direction_against_the_metric_s_name_is_refused(archive: Path, tmp_path: Path) -> None:
+    store = tmp_path / "x.sqlite"
+    with pytest.raises(BatchScienceError, match=re.escape(
+        "val/classification_error is minimised by its name; pass --minimize, or leave the "
+        "direction out"
+    )):  # fmt: skip
+        import_batch_science(archive / MNIST, store, maximize=True)
+    assert not store.exists()
+    assert import_batch_science(archive / MNIST, store, maximize=False).maximize is False
 
 
 def test_a_metaparameter_that_is_not_a_number_is_refused_at_import(tmp_path: Path) -> None:

@@ -346,3 +346,30 @@ def test_settings_that_name_another_workload_than_the_one_given_are_refused(
     # Left unset, the workload given names the study.
     study = Study(StudyConfig(batch_sizes=(8,)), tmp_path / "s.sqlite", _own_workload(8, 0))
     assert study.config.workload == "my-mlp"
+
+
+def test_a_different_study_is_named_in_the_user_s_terms(tmp_path: Path) -> None:
+    store = tmp_path / "s.sqlite"
+    base = {"workload": "mnist1d-mlp", "batch_sizes": (64,), "trials": 1, "step_budget": 20}
+    Study(StudyConfig(**base), store).run()
+    before = store.read_bytes()
+
+    def refusal(**changes: object) -> str:
+        with pytest.raises(StoreError) as refused:
+            Study(StudyConfig(**{**base, **changes}), store).run()
+        return str(refused.value)
+
+    assert "(the budget is 20 steps there, 2 epochs of 36,000 examples here)" in refusal(
+        step_budget=None, epoch_budget=2.0
+    )
+    space = Study(StudyConfig(**base), store).search_space.model_dump(mode="json")
+    narrow = {d.pop("name"): d for d in space["dimensions"]}
+    narrow["learning_rate"]["high"] = 1.0
+    assert "(the search space's learning_rate is log[0.01, 3] there, log[0.01, 1] here)" in (
+        refusal(search_space=narrow)
+    )
+    assert "(train_size is None there, 0.5 here)" in refusal(train_size=0.5)
+    assert store.read_bytes() == before
+    # Every example, written as a fraction or as a count, is the study stored.
+    for whole in (1.0, 36_000):
+        Study(StudyConfig(**{**base, "train_size": whole}), store).run()

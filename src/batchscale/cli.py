@@ -306,6 +306,13 @@ def run(
     stored = StoredStudy.read(store)
     print_analysis(stored, analyze(stored, None))
     console.print(f"study stored in {store}")
+    trials = sum(row.trials for row in summary.batch_sizes)
+    if trials and sum(row.diverged for row in summary.batch_sizes) == trials:
+        # A study with nothing to measure: said as an error, and no report of nothing.
+        raise UserError(
+            f"every trial diverged ({trials} of {trials}): the learning rates searched are too "
+            "large; lower learning_rate's range under [search_space] in a --config file"
+        )
     if report:
         from batchscale.report import write_report
 
@@ -478,11 +485,18 @@ def check_goals(meta: dict[str, Any], goals: list[float] | None) -> None:
         stored_low, stored_high = meta["metric_range"]
         low = -math.inf if stored_low is None else stored_low
         high = math.inf if stored_high is None else stored_high
+    edge = high if meta["maximize"] else low
     for goal in goals:
         try:
             check_in_range(goal, meta["metric"], low, high, "goal")
         except ValueError as error:
             raise UserError(str(error)) from None
+        if goal == edge:
+            raise UserError(
+                f"goal {goal:g} can never be reached: {meta['metric']} cannot be "
+                f"{'above' if meta['maximize'] else 'below'} {edge:g}; choose a goal inside "
+                "its range"
+            )
 
 
 def analyze(study: StoredStudy, goals: list[float] | None) -> StudyAnalysis | None:
@@ -976,8 +990,14 @@ def noise_scale(
         opened = StudyStore.open(study, read_only=True)
         try:
             measured = sorted({b for b, _ in opened.finished_trials()})
+            imported = opened.metadata.get("imported")
         finally:
             opened.close()
+        if imported:
+            raise UserError(
+                f"{study} holds released measurements, not a model to train; follow a "
+                "winner of a study batchscale ran"
+            )
         if not measured:
             raise UserError(f"the study {study} has no finished trials yet; run it first")
         if batch_size not in measured:
@@ -1006,6 +1026,11 @@ def noise_scale(
         params = {"learning_rate": 0.05 if learning_rate is None else learning_rate}
         if settings.optimizer != "sgd":
             params["momentum"] = 0.9 if momentum is None else momentum
+        elif momentum is not None:
+            raise UserError(
+                "plain sgd has no momentum; drop --momentum, or pass --optimizer momentum "
+                "or nesterov"
+            )
         try:
             trace = measure_noise_scale(
                 chosen,

@@ -38,25 +38,68 @@ from batchscale.training.trial import (
 from batchscale.workloads import Data, Workload, get_workload
 
 # Settings that define what a study measures: a stored study must agree on all of them.
+# In the order a difference is reported: the budget before the stop goal and the mode it
+# implies (an epoch budget stops nothing early and races nothing).
 IDENTITY_KEYS = (
     "workload",
     "optimizer",
-    "target",
-    "stop_target",
     "metric",
     "maximize",
-    "seed",
-    "mode",
-    "search_space",
+    "target",
     "budget",
+    "mode",
+    "stop_target",
+    "search_space",
     "train_size",
     "width",
+    "seed",
     "eval_growth",
     "divergence_factor",
 )
 
 # How an identity error names a setting the user never gives by that name.
 IDENTITY_NAMES = {"stop_target": "the hardest goal, where trials stop (--goals)"}
+
+
+def identity_difference(key: str, there: Any, here: Any) -> str:
+    """How a stored study's setting ``key`` differs from this run's, in the user's terms."""
+    if key == "budget":
+        return f"the budget is {_budget_words(there)} there, {_budget_words(here)} here"
+    if key == "search_space" and isinstance(there, dict) and isinstance(here, dict):
+        stored = {d["name"]: d for d in there.get("dimensions", [])}
+        given = {d["name"]: d for d in here.get("dimensions", [])}
+        for name in [*given, *(n for n in stored if n not in given)]:
+            if stored.get(name) != given.get(name):
+                return (
+                    f"the search space's {name} is {_dimension_words(stored.get(name))} there, "
+                    f"{_dimension_words(given.get(name))} here"
+                )
+    return f"{IDENTITY_NAMES.get(key, key)} is {there!r} there, {here!r} here"
+
+
+def _budget_words(budget: Any) -> str:
+    if not isinstance(budget, dict):
+        return repr(budget)
+    if "steps" in budget:
+        return f"{budget['steps']:,} steps"
+    if "epochs" in budget:
+        return f"{budget['epochs']:g} epochs of {budget['train_examples']:,} examples"
+    if {"examples", "min_steps", "max_steps"} <= budget.keys():
+        return (
+            f"the workload's default ({budget['examples']:,} examples, "
+            f"{budget['min_steps']:,} to {budget['max_steps']:,} steps)"
+        )
+    return repr(budget)
+
+
+def _dimension_words(dimension: dict[str, Any] | None) -> str:
+    if dimension is None:
+        return "absent"
+    if dimension.get("values") is not None:
+        return f"one of {list(dimension['values'])}"
+    integer = " (integers)" if dimension.get("integer") else ""
+    return f"{dimension['scale']}[{dimension['low']:g}, {dimension['high']:g}]{integer}"
+
 
 # Seeds of replicates come from their own stream, apart from every trial's seed.
 REPLICATE_STREAM = 1_000_000
@@ -330,11 +373,23 @@ class Study:
             "mode": self.config.mode,
             "search_space": self.search_space.model_dump(mode="json"),
             "budget": budget,
-            "train_size": self.config.train_size,
+            "train_size": self._train_size_setting(),
             "width": self.config.width,
             "eval_growth": self.config.eval_growth,
             "divergence_factor": self.config.divergence_factor,
         }
+
+    def _train_size_setting(self) -> float | None:
+        """``train_size``, or None where it keeps every example (1.0, or the full count):
+        written either way, it is the same study."""
+        if self.config.train_size is None:
+            return None
+        try:
+            everything = configured_workload(self.config.model_copy(update={"train_size": None}))
+        except ConfigError:  # a user's own workload, which the settings do not build
+            return self.config.train_size
+        whole = self.train_examples == everything.data_sizes()["train"]
+        return None if whole else self.config.train_size
 
     # -- the store ------------------------------------------------------------------------
 
@@ -372,9 +427,9 @@ class Study:
         for key in IDENTITY_KEYS:
             if store.metadata.get(key) != identity[key]:
                 store.close()
+                difference = identity_difference(key, store.metadata.get(key), identity[key])
                 raise StoreError(
-                    f"{self.store_path} holds a different study ({IDENTITY_NAMES.get(key, key)} "
-                    f"is {store.metadata.get(key)!r} there, {identity[key]!r} here); "
+                    f"{self.store_path} holds a different study ({difference}); "
                     "use the same settings, or another store file for a new study"
                 )
         try:

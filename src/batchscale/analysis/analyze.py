@@ -112,6 +112,7 @@ def analyze(
         flat_tolerance=flat_tolerance,
     )
     curves = goal_curves(measurements, metric, target, goals, maximize, stop_target)
+    outcomes = trial_outcomes(measurements, trials, metric, target, maximize)
     budgets = trials["step_budget"] if "step_budget" in trials.columns else None
     step_budget = common_step_budget(measurements, budgets)
     example_budget = common_example_budget(measurements, budgets)
@@ -121,7 +122,7 @@ def analyze(
         maximize=maximize,
         winners=winning,
         reached=reached,
-        outcomes=trial_outcomes(measurements, trials, metric, target, maximize),
+        outcomes=outcomes,
         fit=fit,
         regimes=curve_regimes,
         goal_curves=curves,
@@ -132,7 +133,13 @@ def analyze(
             measurements, metric, example_budget, maximize
         ),
         warnings=collect_warnings(
-            winning, reached, fit, curves, search_space, minimum_reached=1 if raced else 3
+            winning,
+            reached,
+            fit,
+            curves,
+            search_space,
+            outcomes,
+            minimum_reached=1 if raced else 3,
         ),
     )
 

@@ -22,7 +22,7 @@ from batchscale.analysis.scaling import (
     untrained_batch_sizes,
 )
 from batchscale.analysis.steps_to_result import trials_reaching
-from batchscale.analysis.winners import winners
+from batchscale.analysis.winners import trial_outcomes, winners
 from batchscale.formatting import format_seconds
 from batchscale.search import SearchSpace
 
@@ -131,14 +131,39 @@ def late_winner_warnings(winning: pd.DataFrame, fraction: float = 0.1) -> list[D
     ]
 
 
-def few_reached_warnings(reached: pd.Series, minimum: int = 3) -> list[DesignWarning]:
+def diverged_warnings(outcomes: pd.Series) -> list[DesignWarning]:
+    """Batch sizes where every trial diverged (see ``trial_outcomes``): the search space's
+    learning rates are too large there, whatever the number of trials."""
+    counts = outcomes.groupby(level="batch_size").value_counts().unstack(fill_value=0)
+    if "diverged" not in counts.columns:
+        return []
+    every = [int(size) for size, row in counts.iterrows() if row["diverged"] == row.sum()]
+    if not every:
+        return []
+    return [
+        DesignWarning(
+            check="all_diverged",
+            batch_sizes=tuple(every),
+            message=(
+                f"every trial diverged at batch size{'s' if len(every) > 1 else ''} "
+                f"{_listing(dict.fromkeys(every, ''))}: the learning rates searched are too "
+                "large there; lower learning_rate's range in the search space"
+            ),
+        )
+    ]
+
+
+def few_reached_warnings(
+    reached: pd.Series, minimum: int = 3, diverged: Sequence[int] = ()
+) -> list[DesignWarning]:
     """Batch sizes where fewer than ``minimum`` trials reached the goal.
 
     With one or two successes, steps to result rests on luck; with none, the batch size has no
-    result at all and drops out of the curve and the fit.
+    result at all and drops out of the curve and the fit. Batch sizes in ``diverged``, where
+    every trial diverged, are left to ``diverged_warnings``: more trials would not help there.
     """
     counts = {int(size): int(count) for size, count in reached.items()}
-    none = {size: "" for size, count in counts.items() if count == 0}
+    none = {size: "" for size, count in counts.items() if count == 0 and size not in diverged}
     few = {size: str(count) for size, count in counts.items() if 0 < count < minimum}
     found = []
     if none:
@@ -334,14 +359,18 @@ def collect_warnings(
     fit: ScalingFit | None,
     curves: Sequence[GoalCurve],
     search_space: SearchSpace | None = None,
+    outcomes: pd.Series | None = None,
     *,
     edge_fraction: float = 0.1,
     late_fraction: float = 0.1,
     minimum_reached: int = 3,
     max_b_crit_ratio: float = 2.0,
 ) -> list[DesignWarning]:
-    """Every design check over precomputed parts (``winners``, ``trials_reaching``, ...)."""
-    found = few_reached_warnings(reached, minimum_reached)
+    """Every design check over precomputed parts (``winners``, ``trials_reaching``,
+    ``trial_outcomes``, ...)."""
+    found = diverged_warnings(outcomes) if outcomes is not None else []
+    diverged = [size for warning in found for size in warning.batch_sizes]
+    found += few_reached_warnings(reached, minimum_reached, diverged)
     found += easy_goal_warnings(winning)
     if search_space is not None:
         found += edge_warnings(winning, search_space, edge_fraction)
@@ -382,6 +411,7 @@ def design_checks(
         fit,
         curves,
         search_space,
+        trial_outcomes(measurements, trials, metric, target, maximize),
         edge_fraction=edge_fraction,
         late_fraction=late_fraction,
         minimum_reached=minimum_reached,

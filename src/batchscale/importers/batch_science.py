@@ -526,6 +526,16 @@ def _metric_column(metric: str) -> str:
     return metric
 
 
+def _maximized_by_name(name: str) -> bool | None:
+    """What a metric's name says of its direction: an error is minimised, an accuracy
+    maximised; None where the name says neither."""
+    if any(word in name for word in _MINIMIZED):
+        return False
+    if any(word in name for word in _MAXIMIZED):
+        return True
+    return None
+
+
 def _goal(
     where: str,
     default: PaperGoal | None,
@@ -561,16 +571,20 @@ def _goal(
         check_in_range(target, name, *metric_range(name), "target")
     except ValueError as error:
         raise BatchScienceError(str(error)) from None
+    named = _maximized_by_name(name)
+    if maximize is not None and named is not None and maximize != named:
+        # The goal would be met by the worst trials: steps to result 0 everywhere.
+        wanted, flag = ("maximised", "--maximize") if named else ("minimised", "--minimize")
+        raise BatchScienceError(
+            f"{column} is {wanted} by its name; pass {flag}, or leave the direction out"
+        )
     if maximize is None and same:
         assert default is not None
         maximize = default.maximize
     if maximize is None:
-        if any(word in name for word in _MINIMIZED):
-            maximize = False
-        elif any(word in name for word in _MAXIMIZED):
-            maximize = True
-        else:
+        if named is None:
             raise BatchScienceError(f"cannot tell whether {column} is to be maximised; say so")
+        maximize = named
     return column, float(target), maximize
 
 
