@@ -944,7 +944,7 @@ def comparison_figure(curves: Mapping[str, tuple[ArrayLike, ArrayLike]]) -> Figu
     raw.set_title("Steps to result")
     common = common_start(curves)
     relative.set_title(
-        "Normalised to each curve's start" if common is None else f"Normalised at {common:g}"
+        "Normalised to each curve's start" if common is None else f"Normalised at B = {common:g}"
     )
     # One legend below both panels: inside either, it would cover some study's points.
     handles, labels = relative.get_legend_handles_labels()
