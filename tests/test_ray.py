@@ -6,13 +6,16 @@ head and the drivers with the switch, the second node through ``JOIN_NODE``.
 """
 
 import contextlib
+import http.server
 import os
 import random
 import shutil
 import signal
+import socketserver
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +28,14 @@ import torch
 from torch import Tensor, nn
 
 from batchscale import Study, StudyConfig, load_study
-from batchscale.executors.ray import LOOPBACK_SWITCH, OWNER_FILE, TEMP_PREFIX, RayExecutor
+from batchscale.executors.ray import (
+    LOOPBACK_SWITCH,
+    OWNER_FILE,
+    REAPER,
+    TEMP_PREFIX,
+    RayExecutor,
+    _remove_stale_temp_dirs,
+)
 from batchscale.workloads import CustomWorkload
 
 from .test_executors import free_port, same_rows
@@ -161,34 +171,38 @@ def long_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
-# The instance's heart; its agents outlive a killed raylet by up to a minute (they try to
-# tell the dead GCS), and so may workers that were still starting.
-CORE = ("gcs_server", "raylet")
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def killed_drivers() -> Iterator[list[int]]:
-    """Killed drivers (session leaders): at the end of this module, after the other tests
-    have given Ray's stragglers their minute, nothing of theirs may still run."""
+    """Drivers (session leaders) that a test kills: what of theirs still runs at its end is
+    killed too."""
     killed: list[int] = []
     try:
         yield killed
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline and any(session_processes(pid) for pid in killed):
-            time.sleep(0.5)
-        left = [command_line(p)[:60] for pid in killed for p in session_processes(pid)]
-        assert not left, f"processes of killed drivers never exited: {left}"
     finally:
         kill_sessions(killed)
+
+
+def wait_until_gone(session: int, seconds: float) -> list[str]:
+    """The command lines of what still runs in ``session`` after up to ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and session_processes(session):
+        time.sleep(0.1)
+    return [command_line(pid)[:60] for pid in session_processes(session)]
+
+
+def owned_folders(driver: int) -> list[Path]:
+    """The session folders of the local instances that ``driver`` started."""
+    return [
+        folder
+        for folder in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*")
+        if (folder / OWNER_FILE).is_file() and (folder / OWNER_FILE).read_text() == str(driver)
+    ]
 
 
 def test_driver_killed_at_random_moments_resumes(
     long_local: Path, killed_drivers: list[int], tmp_path: Path
 ) -> None:
-    """kill -9 the driver (with its own local Ray instance) again and again, then finish.
-
-    Runs first: its instances' stragglers are checked for at the end of the module.
-    """
+    """kill -9 the driver (with its own local Ray instance) again and again, then finish."""
     store = tmp_path / "ray.sqlite"
     env = {**os.environ, **RAY_ENV}
     command = [*CLI, *LONG_ARGS, "--executor", "ray", "--store", str(store)]
@@ -207,11 +221,10 @@ def test_driver_killed_at_random_moments_resumes(
             time.sleep(moment)
         driver.kill()
         driver.wait()
-        # The instance dies with the driver that started it.
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and core_processes(driver.pid):
-            time.sleep(0.1)
-        assert not core_processes(driver.pid), "Ray's GCS or raylet outlived the driver"
+        # The instance dies with the driver that started it: Ray stops its GCS and raylet, the
+        # watchdog the agents that Ray leaves running for a minute, deaf to SIGTERM.
+        left = wait_until_gone(driver.pid, 15)
+        assert not left, f"processes of the killed driver outlived it: {left}"
         trials = stored_trials(store)
         if stored:
             kept = trials.loc[stored[-1].index, "finished_at"]
@@ -221,13 +234,43 @@ def test_driver_killed_at_random_moments_resumes(
     assert any(0 < count < 12 for count in counts), f"no kill landed mid-study: {counts}"
     subprocess.run(command, env=env, check=True, capture_output=True)
     assert_same_store(store, long_local)
-    leftovers = [
-        folder
-        for folder in Path(tempfile.gettempdir()).glob(TEMP_PREFIX + "*")
-        if (folder / OWNER_FILE).is_file()
-        and int((folder / OWNER_FILE).read_text()) in killed_drivers
-    ]
+    leftovers = [folder for pid in killed_drivers for folder in owned_folders(pid)]
     assert not leftovers, "the session folders of killed drivers were not removed"
+
+
+def test_next_start_clears_what_a_driver_killed_with_its_watchdog_left(
+    killed_drivers: list[int],
+) -> None:
+    """kill -9 a driver and its watchdog at once: the next local instance's start kills what
+    still runs in the session folder (Ray's agents) and removes it."""
+    script = (
+        "from batchscale.executors.ray import RayExecutor\n"
+        "RayExecutor().open()\n"
+        "print('open', flush=True)\n"
+        "import time; time.sleep(300)\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script], env={**os.environ, **RAY_ENV}, start_new_session=True,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    killed_drivers.append(driver.pid)
+    assert driver.stdout is not None
+    try:
+        assert driver.stdout.readline() == "open\n"
+        watchdogs = [pid for pid in session_processes(driver.pid) if REAPER in command_line(pid)]
+        assert len(watchdogs) == 1
+        folders = owned_folders(driver.pid)
+        assert len(folders) == 1
+        for pid in watchdogs:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        driver.kill()
+        driver.wait()
+        driver.stdout.close()
+    _remove_stale_temp_dirs()  # what the next start does first
+    left = wait_until_gone(driver.pid, 5)
+    assert not left, f"processes of the killed driver outlived the next start: {left}"
+    assert not folders[0].exists()
 
 
 TINY: dict[str, Any] = {
@@ -337,15 +380,6 @@ def test_user_workload_travels_and_a_failed_cohort_is_reported(
     assert list(trials.index) == [(16, 0), (16, 1)]
 
 
-def core_processes(session: int) -> list[int]:
-    """The GCS and raylet processes of ``session``."""
-    return [
-        pid
-        for pid in session_processes(session)
-        if Path(command_line(pid).split(" ", 1)[0]).name in CORE
-    ]
-
-
 def stored_trials(store: Path) -> pd.DataFrame:
     """The trials stored so far (none before the store exists)."""
     if not store.exists():
@@ -372,3 +406,64 @@ def test_a_local_instance_is_refused_where_ray_was_imported_without_the_loopback
     message, started = done.stdout.strip().splitlines()
     assert message.startswith("Ray was imported before batchscale could keep its local instance")
     assert started == "not started"  # nothing listens anywhere
+
+
+class Http1(http.server.BaseHTTPRequestHandler):
+    """A web server, quiet: it answers every request with an error."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Logs nothing."""
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    """An HTTP/2 frame."""
+    header = len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big")
+    return header + payload
+
+
+class Http2(socketserver.BaseRequestHandler):
+    """An HTTP/2 server that answers every request with 404, as a web proxy may: gRPC's
+    transport, but no Ray behind it."""
+
+    SETTINGS, HEADERS, ACK, END_OF_HEADERS_AND_STREAM = 4, 1, 1, 5
+
+    def handle(self) -> None:
+        """Settings are acknowledged, requests answered with ``:status 404``."""
+        reader = self.request.makefile("rb")
+        with contextlib.suppress(OSError):
+            reader.read(24)  # the client's preface
+            self.request.sendall(frame(self.SETTINGS, 0, 0))
+            while len(header := reader.read(9)) == 9:
+                reader.read(int.from_bytes(header[:3], "big"))
+                kind, flags, stream = header[3], header[4], int.from_bytes(header[5:], "big")
+                if kind == self.SETTINGS and not flags & self.ACK:
+                    self.request.sendall(frame(self.SETTINGS, self.ACK, 0))
+                elif kind == self.HEADERS:  # 0x8d: the static table's ":status: 404"
+                    reply = frame(self.HEADERS, self.END_OF_HEADERS_AND_STREAM, stream, b"\x8d")
+                    self.request.sendall(reply)
+
+
+@pytest.mark.parametrize("handler", [Http1, Http2], ids=["http1", "http2"])
+def test_a_server_that_is_not_ray_is_refused_at_once(
+    handler: type[socketserver.BaseRequestHandler], tmp_path: Path
+) -> None:
+    """Ray's client would retry for minutes (HTTP/1) or 20 s (HTTP/2), logging every try."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        started = time.monotonic()
+        done = subprocess.run(
+            [*CLI, *LONG_ARGS, "--executor", "ray", "--ray-address", address, "--store",
+             str(tmp_path / "s.sqlite")],
+            env={**os.environ, **RAY_ENV}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        took = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.returncode != 0
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1 and f"cannot join the Ray cluster at {address}" in lines[0], lines
+    assert took < 15  # the process's own start (PyTorch) included

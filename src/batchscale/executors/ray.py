@@ -24,6 +24,7 @@ import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,9 +54,77 @@ OWNER_FILE = "driver.pid"
 ORPHAN_AGE = 600.0
 MAX_RETRIES = 3
 CONNECT_TIMEOUT = 5.0
+# Where something else listens, or the cluster wants a token, Ray's own client retries for
+# minutes and logs every try: it is asked first, in a process of its own that can be cut short
+# and whose logs are dropped.
+PROBE_TIMEOUT = 15.0
+PROBE_REFUSED = 3
+PROBE = f"""\
+import sys
+import ray._raylet, ray.exceptions
+try:
+    ray._raylet.GcsClient(address=sys.argv[1])
+except ray.exceptions.RayError as error:
+    print(" ".join(str(error).split()) or type(error).__name__, file=sys.stderr)
+    sys.exit({PROBE_REFUSED})
+"""
+# An HTTP/2 (gRPC) client's preface and an empty SETTINGS frame: a server answers with its own
+# SETTINGS frame before anything else (RFC 9113, 3.4), something that is not gRPC does not.
+HTTP2_HELLO = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+HTTP2_SETTINGS = 4
+# Run by a watchdog (``python -c``) that each local instance's driver starts: Ray stops the GCS
+# and raylet of a killed driver, but their agents then spend a minute failing to tell the dead
+# GCS, deaf to SIGTERM meanwhile. Once the driver dies (its end of stdin closes unsaid), every
+# process with the session folder open or named on its command line is killed, and the folder
+# removed. The standard library only: a bare interpreter waits for the driver.
+REAPER = """\
+import os, shutil, signal, sys, time
+
+folder, inside = sys.argv[1], sys.argv[1] + "/"
+for sent_to_the_driver in (signal.SIGINT, signal.SIGHUP):
+    signal.signal(sent_to_the_driver, signal.SIG_IGN)
+if sys.stdin.buffer.read():
+    sys.exit()  # the driver closed its instance itself
+
+
+def in_folder(pid: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            if inside in cmdline.read().decode(errors="replace"):
+                return True
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False  # gone, or another user's
+    for descriptor in descriptors:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{descriptor}").startswith(inside):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+# Until none is left (a dying raylet may still have forked a worker); without /proc (macOS)
+# they cannot be found, and only the folder goes.
+for _ in range(50 if os.path.isdir("/proc") else 0):
+    found = [int(pid) for pid in os.listdir("/proc") if pid.isdigit() and in_folder(pid)]
+    if not found:
+        break
+    for pid in found:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.1)
+shutil.rmtree(folder, ignore_errors=True)
+"""
+REAPER_TIMEOUT = 30.0
 
 # The data each worker process has loaded: one study's, keyed by the run's token.
 _WORKER_DATA: dict[str, tuple[Workload, Data]] = {}
+# The watchdog of each local instance this process started, by session folder: held here, for
+# an executor dropped unclosed leaves its instance running, and with it the pipe open.
+_WATCHDOGS: dict[str, subprocess.Popen[bytes]] = {}
 
 
 class ActorRaceBoard:
@@ -113,8 +182,19 @@ def without_data(workload: Workload) -> Workload:
     return clone
 
 
+def _reap(folder: Path) -> None:
+    """Kill what is left of a dead driver's instance and remove its session folder."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        subprocess.run(
+            [sys.executable, "-c", REAPER, str(folder)],
+            stdin=subprocess.DEVNULL,  # read at once as a closed driver's end: reap now
+            timeout=REAPER_TIMEOUT,
+        )
+
+
 def _remove_stale_temp_dirs() -> None:
-    """Session folders of local instances whose driver was killed before it could clean up.
+    """Session folders of local instances whose driver (and its watchdog) was killed before
+    it could clean up, and the processes still at work in them.
 
     A folder without its owner file is either just being made, or one that a killed
     instance's last processes wrote to again after it was removed: only an old one goes.
@@ -124,27 +204,65 @@ def _remove_stale_temp_dirs() -> None:
             owner = int((folder / OWNER_FILE).read_text())
             os.kill(owner, 0)
         except ProcessLookupError:
-            shutil.rmtree(folder, ignore_errors=True)
+            _reap(folder)
         except FileNotFoundError:
             with contextlib.suppress(OSError):
                 if time.time() - folder.stat().st_mtime > ORPHAN_AGE:
-                    shutil.rmtree(folder, ignore_errors=True)
+                    _reap(folder)
         except (OSError, ValueError):
             continue  # alive, another user's, or not ours to judge
 
 
+def _speaks_http2(connection: socket.socket) -> bool:
+    """Whether the server at the other end of ``connection`` answers an HTTP/2 preface."""
+    try:
+        connection.sendall(HTTP2_HELLO)
+        header = b""
+        while len(header) < 9:  # a frame header: length (3 bytes), type, flags, stream (4)
+            chunk = connection.recv(9 - len(header))
+            if not chunk:
+                return False
+            header += chunk
+    except OSError:
+        return False
+    return header[3] == HTTP2_SETTINGS
+
+
 def _check_reachable(address: str) -> None:
-    """Fail at once, in one line, where nothing listens at a ``host:port`` address."""
+    """Fail at once, in one line, where no Ray cluster answers at a ``host:port`` address."""
     host, _, port = address.rpartition(":")
     if "://" in address or not host or not port.isdigit():
         return  # "auto", "ray://...": Ray resolves these itself
     try:
-        socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT).close()
+        connection = socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT)
     except OSError as error:
         raise ConfigError(
             f"no Ray cluster answers at {address} ({error}); start one with 'ray start --head' "
             "or check --ray-address"
         ) from None
+    refusal = f"cannot join the Ray cluster at {address}"
+    with connection:
+        # Over TLS the preface would go unanswered by a real cluster too; Ray's client is asked.
+        tls = os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
+        if not tls and not _speaks_http2(connection):
+            raise ConfigError(
+                f"{refusal}: what listens there does not speak gRPC, Ray's protocol; "
+                "check --ray-address"
+            )
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", PROBE, address],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=PROBE_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        raise ConfigError(
+            f"{refusal}: no answer from its GCS within {PROBE_TIMEOUT:g} s; check --ray-address"
+        ) from None
+    if probe.returncode == PROBE_REFUSED:  # other failures (another Ray's API) are ray.init's
+        raise ConfigError(f"{refusal}: {probe.stderr.strip().splitlines()[-1]}")
 
 
 class RayExecutor(Executor):
@@ -195,9 +313,14 @@ class RayExecutor(Executor):
             return ray
         if self.address is None:
             _remove_stale_temp_dirs()
-            self._temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
-            Path(self._temp_dir, OWNER_FILE).write_text(str(os.getpid()))
-            # Started by this process, the instance's processes die with it (even on kill -9).
+            temp_dir = tempfile.mkdtemp(prefix=TEMP_PREFIX)
+            Path(temp_dir, OWNER_FILE).write_text(str(os.getpid()))
+            # Its stdin is a pipe only this process writes to (Ray's processes do not inherit
+            # it): closed unsaid, by the kernel, once this process dies, even of kill -9.
+            _WATCHDOGS[temp_dir] = subprocess.Popen(
+                [sys.executable, "-c", REAPER, temp_dir], stdin=subprocess.PIPE
+            )
+            self._temp_dir = temp_dir
             ray.init(
                 address="local",
                 include_dashboard=False,
@@ -228,6 +351,7 @@ class RayExecutor(Executor):
         self._ray = None
         self._owns_connection = False
         if self._temp_dir is not None:
+            _WATCHDOGS.pop(self._temp_dir).communicate(b"closed", timeout=REAPER_TIMEOUT)
             shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
 
