@@ -1,4 +1,5 @@
 import contextlib
+import importlib.abc
 import json
 import os
 import signal
@@ -277,6 +278,28 @@ def test_noise_scale_command(tiny_store: Path, capsys: pytest.CaptureFixture[str
     code, _, err = run_cli(["noise-scale", "--study", str(tiny_store), "--batch-size",
                             str(reached[0]), "--device", "mps"], capsys)  # fmt: skip
     assert code == 2 and "unknown device 'mps': use auto, cpu or cuda" in err
+
+
+def test_ctrl_c_while_pytorch_loads_is_one_line_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batchscale.launch import main as launch
+
+    class CtrlCWhileLoading(importlib.abc.MetaPathFinder):
+        def find_spec(self, name: str, *args: object) -> None:
+            if name == "batchscale.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "batchscale.cli")
+    monkeypatch.setattr(sys, "meta_path", [CtrlCWhileLoading(), *sys.meta_path])
+    assert launch() == 130
+    assert capsys.readouterr().err == (
+        "error: interrupted before anything ran; nothing was stored\n"
+    )
+    # Which relies on the package loading PyTorch only with the first name that needs it.
+    check = "import sys, batchscale; assert 'torch' not in sys.modules; batchscale.Study"
+    subprocess.run([sys.executable, "-c", check], check=True)
 
 
 def test_ctrl_c_says_so_and_exits_130(tmp_path: Path) -> None:
