@@ -89,22 +89,31 @@ def test_step_time_on_a_cpu_runs_on_one_thread_like_every_trial(
     assert timed.threads == 1 and timed.as_dict()["threads"] == 1
 
 
-def test_a_step_time_taken_on_all_threads_is_measured_again_on_resume(tmp_path: Path) -> None:
+def _timed_study(tmp_path: Path) -> tuple[StudyConfig, Path, dict[str, Any]]:
+    """A tiny study at batch sizes 8 and 16, its store, and the step times it stored."""
     store = tmp_path / "s.sqlite"
     config = StudyConfig(**{**TINY_NQM, "batch_sizes": (8, 16)})
     Study(config, store).run()
+    return config, store, load_study(str(store)).metadata["step_times"]
+
+
+def _store_step_times(store: Path, times: dict[str, Any]) -> None:
     opened = StudyStore.open(store)
     try:
-        times = opened.metadata["step_times"]
-        assert {entry["threads"] for entry in times.values()} == {1}
-        # As a store written before step times ran on one thread holds them.
-        old = {size: {**entry, "median": 9.0} for size, entry in times.items()}
-        for entry in old.values():
-            del entry["threads"]
-        old["16"]["threads"] = 1
-        opened.set_metadata("step_times", old)
+        opened.set_metadata("step_times", times)
     finally:
         opened.close()
+
+
+def test_a_step_time_taken_on_all_threads_is_measured_again_on_resume(tmp_path: Path) -> None:
+    config, store, times = _timed_study(tmp_path)
+    assert {entry["threads"] for entry in times.values()} == {1}
+    # As a store written before step times ran on one thread holds them.
+    old = {size: {**entry, "median": 9.0} for size, entry in times.items()}
+    for entry in old.values():
+        del entry["threads"]
+    old["16"]["threads"] = 1
+    _store_step_times(store, old)
     summary = Study(config, store).run()
     steps = {row.batch_size: row.step_time for row in summary.batch_sizes}
     assert steps[8] is not None and steps[8] < 9.0
@@ -114,17 +123,10 @@ def test_a_step_time_taken_on_all_threads_is_measured_again_on_resume(tmp_path: 
 def test_a_step_time_whose_repeats_disagree_is_flagged_and_measured_again_on_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    store = tmp_path / "s.sqlite"
-    config = StudyConfig(**{**TINY_NQM, "batch_sizes": (8, 16)})
-    Study(config, store).run()
-    opened = StudyStore.open(store)
-    try:
-        times = opened.metadata["step_times"]
-        # As a busy machine leaves it: the slowest repeat took 3.5 times the fastest.
-        busy = {**times["16"], "low": 1e-4, "median": 2e-4, "high": 3.5e-4}
-        opened.set_metadata("step_times", {**times, "16": busy})
-    finally:
-        opened.close()
+    config, store, times = _timed_study(tmp_path)
+    # As a busy machine leaves it: the slowest repeat took 3.5 times the fastest.
+    busy = {**times["16"], "low": 1e-4, "median": 2e-4, "high": 3.5e-4}
+    _store_step_times(store, {**times, "16": busy})
     [warning] = [w for w in analyze_store(store).warnings if w.check == "step_time"]
     assert warning.batch_sizes == (16,)
     assert warning.message.startswith(
